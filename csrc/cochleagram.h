@@ -1,0 +1,40 @@
+// Stage B of the cochleagram: envelope magnitude + windowed-sinc downsampling (+ compression),
+// fused so the full-rate envelope is never written to memory. Stage A (filtering and the complex
+// inverse FFT) stays in torch.fft, which is already optimal; see docs/DESIGN.md.
+#pragma once
+#include <torch/extension.h>
+#include <vector>
+
+// analytic: [rows, T, 2] real view of the complex analytic subbands; taps: [W].
+// Returns {out [rows, frames], envelope [rows, frames]}; out is the compressed envelope when
+// compress is true, otherwise a copy of envelope.
+std::vector<at::Tensor> envelope_downsample_forward_cpu(const at::Tensor& analytic,
+                                                        const at::Tensor& taps, int64_t stride,
+                                                        int64_t n_frames, double power,
+                                                        double offset, bool compress);
+// grad_envelope: [rows, frames] (gradient w.r.t. the downsampled, uncompressed envelope).
+// Returns the gradient w.r.t. analytic, [rows, T, 2].
+at::Tensor envelope_downsample_backward_cpu(const at::Tensor& analytic, const at::Tensor& taps,
+                                            const at::Tensor& grad_envelope, int64_t stride);
+
+#ifdef WITH_CUDA
+std::vector<at::Tensor> envelope_downsample_forward_cuda(const at::Tensor& analytic,
+                                                         const at::Tensor& taps, int64_t stride,
+                                                         int64_t n_frames, double power,
+                                                         double offset, bool compress);
+at::Tensor envelope_downsample_backward_cuda(const at::Tensor& analytic, const at::Tensor& taps,
+                                             const at::Tensor& grad_envelope, int64_t stride);
+#endif
+
+// Shared argument checks: the Python layer validates user input; these guard the kernel contract.
+inline void check_envelope_args(const at::Tensor& analytic, const at::Tensor& taps, int64_t stride,
+                                int64_t n_frames) {
+  TORCH_CHECK(analytic.dim() == 3 && analytic.size(2) == 2,
+              "analytic must be [rows, T, 2], got ", analytic.sizes());
+  TORCH_CHECK(analytic.is_contiguous() && taps.is_contiguous(), "inputs must be contiguous");
+  TORCH_CHECK(taps.dim() == 1 && taps.scalar_type() == analytic.scalar_type(),
+              "taps must be 1-D with the dtype of analytic");
+  TORCH_CHECK(stride >= 1 && n_frames >= 1, "stride and n_frames must be positive");
+  TORCH_CHECK((n_frames - 1) * stride + taps.size(0) <= analytic.size(1),
+              "the last downsampling window runs past the end of the signal");
+}

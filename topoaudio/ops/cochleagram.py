@@ -1,0 +1,281 @@
+"""The fused, differentiable cochleagram op: ``topoaudio.ops.cochleagram`` and ``Cochleagram``.
+
+Algorithm (same numbers as topoaudio.ops.reference.cochleagram, never its memory):
+stage A, per chunk of (clip, channel) rows: the one-sided subband spectrum is written only on the
+filter's band of bins, then torch.fft.ifft gives the analytic subband; stage B, a fused kernel
+(C++, CUDA or Triton) takes its magnitude, downsamples with the windowed sinc and compresses, so the
+full-rate envelope of the whole batch never exists. The backward recomputes stage A chunk by chunk
+and accumulates the gradient of the spectrum, so memory stays O(chunk + B T).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import dispatch
+from . import reference as _reference
+from .cochlear_filters import (
+    CochleagramConfig,
+    erb_cosine_filters,
+    filters_on,
+    power_compression_grad,
+)
+
+OP_NAME = "cochleagram"
+# Rows (clip x channel) per chunk: bounds working memory at ~2 x rows x T complex values.
+_CHUNK_ROWS = {"cpu": 32, "cuda": 2048}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage B implementations, one per backend; each maps analytic [rows, T, 2] to (out, envelope)
+# and back. The plain-torch one is the fallback and documents the computation.
+
+def _torch_stage_b_envelope(analytic, taps, stride):
+    power = analytic.pow(2).sum(-1).clamp_min(1e-16)
+    return torch.nn.functional.conv1d(power.sqrt().unsqueeze(1), taps.view(1, 1, -1),
+                                      stride=stride).squeeze(1)
+
+
+def _torch_forward(analytic, taps, stride, n_frames, power, offset, compress):
+    envelope = _torch_stage_b_envelope(analytic, taps, stride)[:, :n_frames]
+    out = (envelope.clamp_min(0) + offset).pow(power) if compress else envelope.clone()
+    return out, envelope
+
+
+def _torch_backward(analytic, taps, grad_envelope, stride):
+    # Explicit adjoints (autograd is switched off inside a custom op's implementation).
+    length = analytic.shape[1]
+    grad_magnitude = torch.nn.functional.conv_transpose1d(
+        grad_envelope.unsqueeze(1), taps.view(1, 1, -1), stride=stride).squeeze(1)
+    grad_magnitude = torch.nn.functional.pad(grad_magnitude, (0, length - grad_magnitude.shape[-1]))
+    power = analytic.pow(2).sum(-1)
+    scale = torch.where(power > 1e-16, grad_magnitude / power.clamp_min(1e-16).sqrt(), 0.0)
+    return analytic * scale.unsqueeze(-1)
+
+
+def _stage_b(backend: str):
+    if backend == "torch":
+        return _torch_forward, _torch_backward
+    if backend in ("cpp", "cuda"):
+        ext = dispatch.extension()
+        suffix = "cpu" if backend == "cpp" else "cuda"
+        return (getattr(ext, f"envelope_downsample_forward_{suffix}"),
+                getattr(ext, f"envelope_downsample_backward_{suffix}"))
+    if backend == "triton":
+        from topoaudio.kernels import cochleagram as triton_kernels
+        return triton_kernels.envelope_downsample_forward, triton_kernels.envelope_downsample_backward
+    raise ValueError(f"no fused cochleagram stage for backend {backend!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage A: chunking and the spectra.
+
+def _chunks(n_rows: int, n_channels: int, bands: list[int], device: torch.device):
+    """Yield (row slice, channel slice, lo, hi): [lo, hi) covers every nonzero bin of the chunk."""
+    budget = _CHUNK_ROWS.get(device.type, 64)
+    rows_per = min(n_rows, budget)
+    channels_per = max(1, min(n_channels, budget // rows_per))
+    for c0 in range(0, n_channels, channels_per):
+        c1 = min(n_channels, c0 + channels_per)
+        lo = min(bands[2 * c] for c in range(c0, c1))
+        hi = max(bands[2 * c + 1] for c in range(c0, c1))
+        for r0 in range(0, n_rows, rows_per):
+            yield slice(r0, min(n_rows, r0 + rows_per)), slice(c0, c1), lo, hi
+
+
+def _analytic_subbands(spectrum, filters, lo, hi, length):
+    """Complex analytic subbands [r, c, T]: the one-sided band, zero elsewhere, inverse FFT."""
+    padded = spectrum.new_zeros(spectrum.shape[0], filters.shape[0], length)
+    if hi > lo:
+        padded[:, :, lo:hi] = spectrum[:, None, lo:hi] * filters[None, :, lo:hi]
+    return torch.fft.ifft(padded)
+
+
+def _rfft_adjoint(grad_spectrum: torch.Tensor, length: int) -> torch.Tensor:
+    """Gradient w.r.t. x of a real loss through X = rfft(x), given its gradient w.r.t. X.
+    grad x[t] = Re sum_m G[m] e^{2 pi i m t / T}; irfft doubles interior bins, so halve them."""
+    interior_end = grad_spectrum.shape[-1] - (1 if length % 2 == 0 else 0)
+    scaled = grad_spectrum.clone()
+    scaled[..., 1:interior_end] *= 0.5
+    return torch.fft.irfft(scaled, n=length, norm="forward")
+
+
+def _band_extents(filters: np.ndarray) -> list[int]:
+    extents = []
+    for row in filters:
+        nonzero = np.flatnonzero(row)
+        extents += [int(nonzero[0]), int(nonzero[-1]) + 1] if nonzero.size else [0, 0]
+    return extents
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered ops.
+
+@torch.library.custom_op("topoaudio::cochleagram_fused", mutates_args=())
+def _cochleagram_fused(waveform: torch.Tensor, filters: torch.Tensor, taps: torch.Tensor,
+                       bands: list[int], stride: int, power: float, offset: float, clip_value: float,
+                       compress: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    n_rows, length = waveform.shape
+    n_channels = filters.shape[0]
+    n_frames = (length - taps.numel()) // stride + 1
+    forward, _ = _stage_b(backend)
+    spectrum = torch.fft.rfft(waveform)
+    out = waveform.new_empty(n_rows, n_channels, n_frames)
+    envelope = waveform.new_empty(n_rows, n_channels, n_frames)
+    for rows, channels, lo, hi in _chunks(n_rows, n_channels, bands, waveform.device):
+        analytic = _analytic_subbands(spectrum[rows], filters[channels], lo, hi, length)
+        shape = analytic.shape
+        chunk_out, chunk_env = forward(torch.view_as_real(analytic).reshape(-1, length, 2), taps,
+                                       stride, n_frames, power, offset, compress)
+        out[rows, channels] = chunk_out.view(shape[0], shape[1], n_frames)
+        envelope[rows, channels] = chunk_env.view(shape[0], shape[1], n_frames)
+    return out, envelope
+
+
+@_cochleagram_fused.register_fake
+def _(waveform, filters, taps, bands, stride, power, offset, clip_value, compress, backend):
+    n_frames = (waveform.shape[1] - taps.shape[0]) // stride + 1
+    shape = (waveform.shape[0], filters.shape[0], n_frames)
+    return waveform.new_empty(shape), waveform.new_empty(shape)
+
+
+@torch.library.custom_op("topoaudio::cochleagram_fused_backward", mutates_args=())
+def _cochleagram_fused_backward(grad_envelope: torch.Tensor, waveform: torch.Tensor,
+                                filters: torch.Tensor, taps: torch.Tensor, bands: list[int],
+                                stride: int, backend: str) -> torch.Tensor:
+    n_rows, length = waveform.shape
+    _, backward = _stage_b(backend)
+    spectrum = torch.fft.rfft(waveform)
+    grad_spectrum = torch.zeros_like(spectrum)
+    for rows, channels, lo, hi in _chunks(n_rows, filters.shape[0], bands, waveform.device):
+        analytic = _analytic_subbands(spectrum[rows], filters[channels], lo, hi, length)
+        shape = analytic.shape
+        grad_env = grad_envelope[rows, channels].reshape(-1, grad_envelope.shape[-1]).contiguous()
+        grad_analytic = backward(torch.view_as_real(analytic).reshape(-1, length, 2), taps,
+                                 grad_env, stride)
+        grad_analytic = torch.view_as_complex(grad_analytic).view(shape)
+        # adjoint of ifft (norm="backward") is fft / T; only the filter's band reaches the spectrum
+        grad_band = torch.fft.fft(grad_analytic, norm="forward")[..., lo:hi]
+        grad_spectrum[rows, lo:hi] += (grad_band * filters[None, channels, lo:hi]).sum(1)
+    return _rfft_adjoint(grad_spectrum, length)
+
+
+@_cochleagram_fused_backward.register_fake
+def _(grad_envelope, waveform, filters, taps, bands, stride, backend):
+    return torch.empty_like(waveform)
+
+
+def _setup_context(ctx, inputs, output):
+    waveform, filters, taps, bands, stride, power, offset, clip_value, compress, backend = inputs
+    ctx.save_for_backward(waveform, filters, taps, output[1])
+    ctx.params = (bands, stride, power, offset, clip_value, compress, backend)
+
+
+def _backward(ctx, grad_out, grad_envelope):
+    waveform, filters, taps, envelope = ctx.saved_tensors
+    bands, stride, power, offset, clip_value, compress, backend = ctx.params
+    grad = torch.zeros_like(envelope)
+    if grad_out is not None:
+        if compress:
+            config = CochleagramConfig(power=power, offset=offset, clip_value=clip_value)
+            grad = grad + grad_out * power_compression_grad(envelope, config)
+        else:
+            grad = grad + grad_out
+    if grad_envelope is not None:
+        grad = grad + grad_envelope
+    grad_waveform = _cochleagram_fused_backward(grad.contiguous(), waveform, filters, taps, bands,
+                                                stride, backend)
+    return grad_waveform, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("topoaudio::cochleagram_fused", _backward,
+                                setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
+                high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
+                window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
+                offset: float = 1e-8, clip_value: float = 5.0,
+                backend: str = "auto") -> torch.Tensor:
+    """Cochleagram of `waveform` [..., T] -> [..., C, frames] (docs/SCIENCE.md section 2).
+
+    Defaults are the McDermott-lab ``cochleagram_1``: a 2 s clip at 20 kHz gives [..., 211, 390].
+    ``compression=None`` returns the downsampled envelopes. Differentiable w.r.t. the waveform.
+    float16/bfloat16 inputs are computed (and returned) in float32; float64 stays float64.
+    ``backend`` forces one of topoaudio.ops.dispatch.BACKENDS; ``last_backend()`` says which ran.
+
+    Example::
+
+        >>> import torch, topoaudio.ops as ops
+        >>> ops.cochleagram(torch.randn(2, 40000) * 0.1).shape
+        torch.Size([2, 211, 390])
+    """
+    config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                               compression, power, offset, clip_value)
+    return _run(waveform, config, backend)
+
+
+def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str) -> torch.Tensor:
+    config.check_waveform(waveform)
+    name = dispatch.choose(OP_NAME, waveform.device, backend)
+    if name == "reference":
+        return _reference.cochleagram(waveform, **_config_kwargs(config))
+    if waveform.dtype in (torch.float16, torch.bfloat16):
+        waveform = waveform.float()
+    batch_shape, length = waveform.shape[:-1], waveform.shape[-1]
+    filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
+    out, _ = _cochleagram_fused(waveform.reshape(-1, length).contiguous(), filters, taps,
+                                _bands(config, length), config.stride, config.power,
+                                config.offset, config.clip_value, config.compression is not None,
+                                name)
+    return out.reshape(*batch_shape, *out.shape[1:])
+
+
+_BANDS: dict = {}
+
+
+def _bands(config: CochleagramConfig, length: int) -> list[int]:
+    key = (config, length)
+    if key not in _BANDS:
+        _BANDS[key] = _band_extents(erb_cosine_filters(config, length))
+    return _BANDS[key]
+
+
+def _config_kwargs(config: CochleagramConfig) -> dict:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def last_backend() -> str | None:
+    """The backend that computed the most recent cochleagram in this process."""
+    return dispatch.last_backend(OP_NAME)
+
+
+class Cochleagram(nn.Module):
+    """nn.Module form of `cochleagram`: the configuration is checked once at construction; filters
+    are built once per (signal length, device, dtype) and cached."""
+
+    def __init__(self, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
+                 high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
+                 window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
+                 offset: float = 1e-8, clip_value: float = 5.0, backend: str = "auto"):
+        super().__init__()
+        self.config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr,
+                                        window_size, compression, power, offset, clip_value)
+        self.backend = backend
+
+    @property
+    def n_channels(self) -> int:
+        return self.config.n_channels
+
+    def n_frames(self, signal_length: int) -> int:
+        return self.config.n_frames(signal_length)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return _run(waveform, self.config, self.backend)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in _config_kwargs(self.config).items())

@@ -1,0 +1,176 @@
+"""The cochleagram's configuration, its checks, and the fixed filters it is built from.
+
+Everything here follows docs/SCIENCE.md section 2 (the McDermott-lab ``cochleagram_1`` contract).
+Filters are designed once in float64 NumPy and cached per (configuration, signal length); the
+reference and every fused backend read the same arrays, so they can only differ in how they compute.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+COMPRESSIONS = ("power", None)
+
+
+@dataclass(frozen=True)
+class CochleagramConfig:
+    """Parameters of the cochleagram (defaults: ``cochleagram_1``, 211 channels x 390 frames for 2 s)."""
+
+    sr: int = 20000
+    n: int = 50
+    low_lim: float = 50.0
+    high_lim: float = 10000.0
+    sample_factor: int = 4
+    env_sr: int = 200
+    window_size: int = 1001
+    compression: str | None = "power"
+    power: float = 0.3
+    offset: float = 1e-8
+    clip_value: float = 5.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if int(self.sr) != self.sr or self.sr <= 0:
+            problems.append(f"sr must be a positive integer, got {self.sr}")
+        if int(self.env_sr) != self.env_sr or self.env_sr <= 0:
+            problems.append(f"env_sr must be a positive integer, got {self.env_sr}")
+        elif self.sr > 0 and self.sr % self.env_sr != 0:
+            problems.append(
+                f"sr ({self.sr}) must be an integer multiple of env_sr ({self.env_sr}): "
+                "the envelope is downsampled by an integer stride sr / env_sr")
+        if int(self.n) != self.n or self.n < 1:
+            problems.append(f"n must be a positive integer, got {self.n}")
+        if int(self.sample_factor) != self.sample_factor or self.sample_factor < 1:
+            problems.append(f"sample_factor must be a positive integer, got {self.sample_factor}")
+        if not 0 < self.low_lim < self.high_lim:
+            problems.append(f"need 0 < low_lim < high_lim, got low_lim={self.low_lim}, "
+                            f"high_lim={self.high_lim}")
+        if self.high_lim > self.sr / 2:
+            problems.append(f"high_lim ({self.high_lim} Hz) is above the Nyquist frequency "
+                            f"sr/2 = {self.sr / 2} Hz")
+        if int(self.window_size) != self.window_size or self.window_size < 1:
+            problems.append(f"window_size must be a positive integer, got {self.window_size}")
+        if self.compression not in COMPRESSIONS:
+            problems.append(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.power <= 0 or self.offset < 0 or self.clip_value <= 0:
+            problems.append("need power > 0, offset >= 0 and clip_value > 0")
+        if problems:
+            raise ValueError("invalid cochleagram configuration: " + "; ".join(problems))
+
+    @property
+    def stride(self) -> int:
+        """Downsampling factor D = sr / env_sr (100 by default)."""
+        return self.sr // self.env_sr
+
+    @property
+    def n_channels(self) -> int:
+        return self.sample_factor * (self.n + 1) - 1 + 2 * self.sample_factor
+
+    def n_frames(self, signal_length: int) -> int:
+        return (signal_length - self.window_size) // self.stride + 1
+
+    def check_waveform(self, waveform: torch.Tensor) -> None:
+        """Raise ValueError naming the problem before any work is done."""
+        if not isinstance(waveform, torch.Tensor):
+            raise ValueError(f"cochleagram expects a torch.Tensor waveform [..., T], got "
+                             f"{type(waveform).__name__}")
+        if waveform.is_complex() or not waveform.is_floating_point():
+            hint = ""
+            if waveform.dtype == torch.int16:
+                hint = " (int16 PCM: use waveform.float() / 32768 to scale to [-1, 1))"
+            elif not waveform.is_complex():
+                hint = " (convert with waveform.float() and scale to [-1, 1])"
+            raise ValueError(f"cochleagram expects a real floating-point waveform, got "
+                             f"{waveform.dtype}{hint}")
+        if waveform.dim() == 0 or waveform.numel() == 0:
+            raise ValueError(f"cochleagram got an empty waveform of shape {tuple(waveform.shape)}")
+        length = waveform.shape[-1]
+        if length < self.window_size:
+            raise ValueError(
+                f"waveform has {length} samples, fewer than the {self.window_size}-tap "
+                f"downsampling window ({self.window_size / self.sr:.3f} s at sr={self.sr}); "
+                "pad it or pass a shorter window_size")
+        if not bool(torch.isfinite(waveform).all()):
+            bad = int((~torch.isfinite(waveform)).sum())
+            raise ValueError(f"waveform contains {bad} NaN or Inf samples")
+
+
+def freq_to_erb(freq):
+    return 9.265 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / (24.7 * 9.265))
+
+
+def erb_to_freq(erb):
+    return 24.7 * 9.265 * (np.exp(np.asarray(erb, dtype=np.float64) / 9.265) - 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def erb_cosine_filters(config: CochleagramConfig, signal_length: int) -> np.ndarray:
+    """Frequency responses [C, T // 2 + 1] (float64, read-only) on the rfft grid of the signal."""
+    sf = config.sample_factor
+    if signal_length % 2 == 0:
+        n_bins, max_freq = signal_length // 2, config.sr / 2
+    else:
+        n_bins = (signal_length - 1) // 2
+        max_freq = config.sr * (signal_length - 1) / 2 / signal_length
+    freqs = np.linspace(0.0, max_freq, n_bins + 1)
+    freqs_erb = freq_to_erb(freqs)
+    n_bandpass = sf * (config.n + 1) - 1
+    centres, step = np.linspace(freq_to_erb(config.low_lim), freq_to_erb(config.high_lim),
+                                n_bandpass + 2, retstep=True)
+    centres = centres[1:-1]
+    filters = np.zeros((n_bandpass + 2 * sf, n_bins + 1))
+    for i, centre in enumerate(centres):
+        lo, hi = centre - sf * step, centre + sf * step
+        inside = (freqs_erb > lo) & (freqs_erb < hi)  # strictly inside, as the original
+        filters[i + sf, inside] = np.cos((freqs_erb[inside] - centre) / (hi - lo) * np.pi)
+    # Low- and highpass filters complete the neighbouring half-cosines to a partition of unity
+    # in power: each one rises (falls) where its partner bandpass falls (rises).
+    for i in range(sf):
+        below = np.flatnonzero(freqs < erb_to_freq(centres[i]))
+        if below.size:
+            top = below[-1] + 1
+            filters[i, :top] = np.sqrt(1.0 - filters[i + sf, :top] ** 2)
+        above = np.flatnonzero(freqs > erb_to_freq(centres[-1 - i]))
+        if above.size:
+            bottom = above[0]
+            filters[-1 - i, bottom:] = np.sqrt(1.0 - filters[-1 - i - sf, bottom:] ** 2)
+    filters /= np.sqrt(sf)
+    filters.setflags(write=False)
+    return filters
+
+
+@functools.lru_cache(maxsize=32)
+def sinc_kaiser_taps(config: CochleagramConfig) -> np.ndarray:
+    """The windowed-sinc lowpass [window_size] used to downsample envelopes to env_sr."""
+    stride = config.stride
+    offsets = np.arange(config.window_size, dtype=np.float64) - config.window_size / 2
+    taps = np.sinc(offsets / stride) / stride * np.kaiser(config.window_size, 5.0)
+    taps.setflags(write=False)
+    return taps
+
+
+_DEVICE_CACHE: dict = {}
+
+
+def filters_on(config: CochleagramConfig, signal_length: int, device, dtype):
+    """(filters [C, F], taps [W]) as tensors on a device, built once per key and reused."""
+    key = (config, signal_length, torch.device(device), dtype)
+    cached = _DEVICE_CACHE.get(key)
+    if cached is None:
+        filters = torch.tensor(erb_cosine_filters(config, signal_length), dtype=dtype, device=device)
+        taps = torch.tensor(sinc_kaiser_taps(config), dtype=dtype, device=device)
+        if len(_DEVICE_CACHE) > 64:
+            _DEVICE_CACHE.clear()
+        cached = _DEVICE_CACHE[key] = (filters, taps)
+    return cached
+
+
+def power_compression_grad(envelope: torch.Tensor, config: CochleagramConfig) -> torch.Tensor:
+    """d/de of (max(e, 0) + offset) ** power, with max passing gradients straight through and
+    the derivative clipped to [-clip_value, clip_value] (the original's guard near zero)."""
+    base = envelope.clamp_min(0) + config.offset
+    slope = config.power * base.pow(config.power - 1)
+    return slope.clamp(-config.clip_value, config.clip_value)

@@ -1,0 +1,112 @@
+"""The one place that decides which backend runs an op on which device.
+
+Backends, fastest first per device:
+- CUDA tensors: ``cuda`` (hand-written CUDA C++ in topoaudio._C), ``triton`` (topoaudio.kernels),
+  ``torch`` (chunked PyTorch, same algorithm), ``reference`` (the plain definition).
+- CPU tensors: ``cpp`` (C++ kernels in topoaudio._C), ``torch``, ``reference``. ``triton`` runs on
+  CPU tensors only under ``TRITON_INTERPRET=1`` (tests), and only when asked for by name.
+
+A caller forces a backend with the op's ``backend=`` argument, with ``use_backend(name)`` around a
+block, or with the environment variable ``TOPOAUDIO_BACKEND``; ``last_backend(op)`` says which ran.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import threading
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpp", "torch", "reference")
+_PREFERENCE = {
+    "cuda": ("cuda", "triton", "torch", "reference"),
+    "cpu": ("cpp", "torch", "reference"),
+}
+
+_state = threading.local()
+_last: dict[str, str] = {}
+_extension_error: str | None = None
+_extension = None
+
+
+def extension():
+    """topoaudio._C, or None when it was not built (the reason is kept for error messages)."""
+    global _extension, _extension_error
+    if _extension is None and _extension_error is None:
+        try:
+            _extension = importlib.import_module("topoaudio._C")
+        except ImportError as error:
+            _extension_error = f"topoaudio._C is not built ({error}); run `pip install -e .`"
+    return _extension
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run on `device`, otherwise why not."""
+    if backend in ("torch", "reference"):
+        return None
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the cpp backend runs on CPU tensors, not {device.type}"
+        return None if extension() is not None else _extension_error
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend needs CUDA tensors, got {device.type}"
+        ext = extension()
+        if ext is None:
+            return _extension_error
+        return None if ext.with_cuda else "topoaudio._C was built without CUDA (no nvcc at build time)"
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
+            return None
+        return f"triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
+    return f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'"
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on `device`, fastest first."""
+    device = torch.device(device)
+    order = _PREFERENCE.get(device.type, ("torch", "reference"))
+    return [name for name in order if _unavailable_reason(name, device) is None]
+
+
+def choose(op: str, device: torch.device | str, requested: str | None = "auto") -> str:
+    """The backend `op` runs with on `device`: the requested one (error if it cannot run there),
+    else a forced one from use_backend / TOPOAUDIO_BACKEND, else the fastest available."""
+    device = torch.device(device)
+    if requested in (None, "auto"):
+        requested = getattr(_state, "forced", None) or os.environ.get("TOPOAUDIO_BACKEND") or "auto"
+    if requested == "auto":
+        name = available_backends(device)[0]
+    else:
+        reason = _unavailable_reason(requested, device)
+        if reason is not None:
+            raise ValueError(f"{op}: backend {requested!r} cannot run here: {reason}")
+        name = requested
+    _last[op] = name
+    return name
+
+
+def last_backend(op: str) -> str | None:
+    """Name of the backend that ran `op` most recently in this process (None if it never ran)."""
+    return _last.get(op)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run every op in the block with backend `name` (per thread)."""
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS} or 'auto'")
+    previous = getattr(_state, "forced", None)
+    _state.forced = None if name == "auto" else name
+    try:
+        yield
+    finally:
+        _state.forced = previous

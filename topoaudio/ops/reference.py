@@ -1,0 +1,57 @@
+"""Plain-PyTorch references, written step by step from docs/SCIENCE.md.
+
+They are slow and memory hungry on purpose: every intermediate is a full tensor, so each line can
+be read against the definition. Tests and benchmarks compare the fused ops against these, and the
+dispatcher falls back to them when nothing faster can run.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cochlear_filters import CochleagramConfig, filters_on, power_compression_grad
+
+
+class _ClippedPowerCompression(torch.autograd.Function):
+    """y = (max(e, 0) + offset) ** power; backward uses the clipped derivative."""
+
+    @staticmethod
+    def forward(ctx, envelope, config):
+        ctx.save_for_backward(envelope)
+        ctx.config = config
+        return (envelope.clamp_min(0) + config.offset).pow(config.power)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (envelope,) = ctx.saved_tensors
+        return grad_output * power_compression_grad(envelope, ctx.config), None
+
+
+def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
+                high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
+                window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
+                offset: float = 1e-8, clip_value: float = 5.0) -> torch.Tensor:
+    """Reference cochleagram: waveform [..., T] -> [..., C, frames] (C = 211, frames = 390 for 2 s)."""
+    config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                               compression, power, offset, clip_value)
+    config.check_waveform(waveform)
+    if waveform.dtype in (torch.float16, torch.bfloat16):
+        waveform = waveform.float()
+    length = waveform.shape[-1]
+    filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
+
+    # 1-2. subbands in the frequency domain
+    spectrum = torch.fft.rfft(waveform)
+    subbands = spectrum.unsqueeze(-2) * filters
+    # 3. one-sided spectrum padded with zeros to length T (not doubled), complex ifft, magnitude
+    padding = subbands.new_zeros(*subbands.shape[:-1], length - subbands.shape[-1])
+    analytic = torch.fft.ifft(torch.cat([subbands, padding], dim=-1))
+    envelope = torch.sqrt(torch.clamp(analytic.real ** 2 + analytic.imag ** 2, min=1e-16))
+    # 4. windowed-sinc lowpass, stride sr / env_sr, no padding
+    batch_shape = envelope.shape[:-1]
+    downsampled = F.conv1d(envelope.reshape(-1, 1, length), taps.view(1, 1, -1), stride=config.stride)
+    downsampled = downsampled.reshape(*batch_shape, -1)
+    if compression is None:
+        return downsampled
+    # 5. compression with the clipped gradient
+    return _ClippedPowerCompression.apply(downsampled, config)
