@@ -17,6 +17,7 @@ from . import dispatch
 from . import reference as _reference
 from .cochlear_filters import (
     CochleagramConfig,
+    check_finite,
     erb_cosine_filters,
     filters_on,
     power_compression_grad,
@@ -112,14 +113,36 @@ def _band_extents(filters: np.ndarray) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # The registered ops.
 
-@torch.library.custom_op("topoaudio::cochleagram_fused", mutates_args=())
-def _cochleagram_fused(waveform: torch.Tensor, filters: torch.Tensor, taps: torch.Tensor,
-                       bands: list[int], stride: int, power: float, offset: float, clip_value: float,
-                       compress: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+# The op's scalar arguments are the configuration itself, so the registered op is the public
+# contract: its implementation picks the backend and fetches the cached filters at run time, which
+# keeps torch.compile graphs free of host-side decisions and NumPy.
+def _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power,
+               offset, clip_value) -> CochleagramConfig:
+    return CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                             "power" if compress else None, power, offset, clip_value)
+
+
+def _prepare(waveform, config, backend):
+    name = dispatch.choose(OP_NAME, waveform.device, backend)
+    if name == "reference":  # the reference has no fused stages; its math is what "torch" runs
+        name = "torch"
+    length = waveform.shape[-1]
+    filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
+    return name, filters, taps, _bands(config, length)
+
+
+@torch.library.custom_op("topoaudio::cochleagram", mutates_args=())
+def _cochleagram_op(waveform: torch.Tensor, sr: int, n: int, low_lim: float, high_lim: float,
+                    sample_factor: int, env_sr: int, window_size: int, compress: bool, power: float,
+                    offset: float, clip_value: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """waveform [rows, T] -> (cochleagram [rows, C, frames], downsampled envelope [rows, C, frames])."""
+    check_finite(waveform)
+    config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress,
+                        power, offset, clip_value)
+    name, filters, taps, bands = _prepare(waveform, config, backend)
+    forward, _ = _stage_b(name)
     n_rows, length = waveform.shape
-    n_channels = filters.shape[0]
-    n_frames = (length - taps.numel()) // stride + 1
-    forward, _ = _stage_b(backend)
+    n_channels, n_frames, stride = filters.shape[0], config.n_frames(length), config.stride
     spectrum = torch.fft.rfft(waveform)
     out = waveform.new_empty(n_rows, n_channels, n_frames)
     envelope = waveform.new_empty(n_rows, n_channels, n_frames)
@@ -133,19 +156,25 @@ def _cochleagram_fused(waveform: torch.Tensor, filters: torch.Tensor, taps: torc
     return out, envelope
 
 
-@_cochleagram_fused.register_fake
-def _(waveform, filters, taps, bands, stride, power, offset, clip_value, compress, backend):
-    n_frames = (waveform.shape[1] - taps.shape[0]) // stride + 1
-    shape = (waveform.shape[0], filters.shape[0], n_frames)
+@_cochleagram_op.register_fake
+def _(waveform, sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power,
+      offset, clip_value, backend):
+    config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress,
+                        power, offset, clip_value)
+    shape = (waveform.shape[0], config.n_channels, config.n_frames(waveform.shape[1]))
     return waveform.new_empty(shape), waveform.new_empty(shape)
 
 
-@torch.library.custom_op("topoaudio::cochleagram_fused_backward", mutates_args=())
-def _cochleagram_fused_backward(grad_envelope: torch.Tensor, waveform: torch.Tensor,
-                                filters: torch.Tensor, taps: torch.Tensor, bands: list[int],
-                                stride: int, backend: str) -> torch.Tensor:
+@torch.library.custom_op("topoaudio::cochleagram_backward", mutates_args=())
+def _cochleagram_backward_op(grad_envelope: torch.Tensor, waveform: torch.Tensor, sr: int, n: int,
+                             low_lim: float, high_lim: float, sample_factor: int, env_sr: int,
+                             window_size: int, backend: str) -> torch.Tensor:
+    """Gradient w.r.t. waveform [rows, T] given the gradient w.r.t. the downsampled envelope."""
+    config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, False, 0.3,
+                        1e-8, 5.0)
+    name, filters, taps, bands = _prepare(waveform, config, backend)
+    _, backward = _stage_b(name)
     n_rows, length = waveform.shape
-    _, backward = _stage_b(backend)
     spectrum = torch.fft.rfft(waveform)
     grad_spectrum = torch.zeros_like(spectrum)
     for rows, channels, lo, hi in _chunks(n_rows, filters.shape[0], bands, waveform.device):
@@ -153,7 +182,7 @@ def _cochleagram_fused_backward(grad_envelope: torch.Tensor, waveform: torch.Ten
         shape = analytic.shape
         grad_env = grad_envelope[rows, channels].reshape(-1, grad_envelope.shape[-1]).contiguous()
         grad_analytic = backward(torch.view_as_real(analytic).reshape(-1, length, 2), taps,
-                                 grad_env, stride)
+                                 grad_env, config.stride)
         grad_analytic = torch.view_as_complex(grad_analytic).view(shape)
         # adjoint of ifft (norm="backward") is fft / T; only the filter's band reaches the spectrum
         grad_band = torch.fft.fft(grad_analytic, norm="forward")[..., lo:hi]
@@ -161,36 +190,37 @@ def _cochleagram_fused_backward(grad_envelope: torch.Tensor, waveform: torch.Ten
     return _rfft_adjoint(grad_spectrum, length)
 
 
-@_cochleagram_fused_backward.register_fake
-def _(grad_envelope, waveform, filters, taps, bands, stride, backend):
+@_cochleagram_backward_op.register_fake
+def _(grad_envelope, waveform, sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, backend):
     return torch.empty_like(waveform)
 
 
 def _setup_context(ctx, inputs, output):
-    waveform, filters, taps, bands, stride, power, offset, clip_value, compress, backend = inputs
-    ctx.save_for_backward(waveform, filters, taps, output[1])
-    ctx.params = (bands, stride, power, offset, clip_value, compress, backend)
+    waveform, *params = inputs
+    ctx.save_for_backward(waveform, output[1])
+    ctx.params = params
 
 
 def _backward(ctx, grad_out, grad_envelope):
-    waveform, filters, taps, envelope = ctx.saved_tensors
-    bands, stride, power, offset, clip_value, compress, backend = ctx.params
+    waveform, envelope = ctx.saved_tensors
+    (sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power, offset,
+     clip_value, backend) = ctx.params
     grad = torch.zeros_like(envelope)
     if grad_out is not None:
         if compress:
-            config = CochleagramConfig(power=power, offset=offset, clip_value=clip_value)
+            config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                                compress, power, offset, clip_value)
             grad = grad + grad_out * power_compression_grad(envelope, config)
         else:
             grad = grad + grad_out
     if grad_envelope is not None:
         grad = grad + grad_envelope
-    grad_waveform = _cochleagram_fused_backward(grad.contiguous(), waveform, filters, taps, bands,
-                                                stride, backend)
-    return grad_waveform, None, None, None, None, None, None, None, None, None
+    grad_waveform = _cochleagram_backward_op(grad.contiguous(), waveform, sr, n, low_lim, high_lim,
+                                             sample_factor, env_sr, window_size, backend)
+    return (grad_waveform,) + (None,) * len(ctx.params)
 
 
-torch.library.register_autograd("topoaudio::cochleagram_fused", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd("topoaudio::cochleagram", _backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,17 +251,16 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
 
 def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str) -> torch.Tensor:
     config.check_waveform(waveform)
-    name = dispatch.choose(OP_NAME, waveform.device, backend)
-    if name == "reference":
+    if backend == "reference":
+        dispatch.choose(OP_NAME, waveform.device, backend)
         return _reference.cochleagram(waveform, **_config_kwargs(config))
     if waveform.dtype in (torch.float16, torch.bfloat16):
         waveform = waveform.float()
     batch_shape, length = waveform.shape[:-1], waveform.shape[-1]
-    filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
-    out, _ = _cochleagram_fused(waveform.reshape(-1, length).contiguous(), filters, taps,
-                                _bands(config, length), config.stride, config.power,
-                                config.offset, config.clip_value, config.compression is not None,
-                                name)
+    out, _ = _cochleagram_op(waveform.reshape(-1, length).contiguous(), config.sr, config.n,
+                             config.low_lim, config.high_lim, config.sample_factor, config.env_sr,
+                             config.window_size, config.compression is not None, config.power,
+                             config.offset, config.clip_value, backend)
     return out.reshape(*batch_shape, *out.shape[1:])
 
 

@@ -73,7 +73,7 @@ class CochleagramConfig:
         return (signal_length - self.window_size) // self.stride + 1
 
     def check_waveform(self, waveform: torch.Tensor) -> None:
-        """Raise ValueError naming the problem before any work is done."""
+        """Raise ValueError naming the problem (type, dtype, shape, length) before any work."""
         if not isinstance(waveform, torch.Tensor):
             raise ValueError(f"cochleagram expects a torch.Tensor waveform [..., T], got "
                              f"{type(waveform).__name__}")
@@ -93,9 +93,15 @@ class CochleagramConfig:
                 f"waveform has {length} samples, fewer than the {self.window_size}-tap "
                 f"downsampling window ({self.window_size / self.sr:.3f} s at sr={self.sr}); "
                 "pad it or pass a shorter window_size")
-        if not bool(torch.isfinite(waveform).all()):
-            bad = int((~torch.isfinite(waveform)).sum())
-            raise ValueError(f"waveform contains {bad} NaN or Inf samples")
+
+
+def check_finite(waveform: torch.Tensor) -> None:
+    """Raise ValueError if any sample is NaN or Inf. Kept apart from the shape checks because it
+    reads the data: fused ops run it inside their registered implementation, so it also holds
+    under torch.compile (where a data-dependent branch cannot be traced)."""
+    if not bool(torch.isfinite(waveform).all()):
+        bad = int((~torch.isfinite(waveform)).sum())
+        raise ValueError(f"waveform contains {bad} NaN or Inf samples")
 
 
 def freq_to_erb(freq):
@@ -140,6 +146,15 @@ def erb_cosine_filters(config: CochleagramConfig, signal_length: int) -> np.ndar
     filters /= np.sqrt(sf)
     filters.setflags(write=False)
     return filters
+
+
+def channel_center_freqs(config: CochleagramConfig) -> np.ndarray:
+    """Centre frequency (Hz) of each of the C channels, lowpass ones first (for axes and maps)."""
+    sf = config.sample_factor
+    centres, step = np.linspace(freq_to_erb(config.low_lim), freq_to_erb(config.high_lim),
+                                sf * (config.n + 1) + 1, retstep=True)
+    centres = centres[1:-1]
+    return erb_to_freq(np.concatenate([centres[:sf] - sf * step, centres, centres[-sf:] + sf * step]))
 
 
 @functools.lru_cache(maxsize=32)

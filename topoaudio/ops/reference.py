@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cochlear_filters import CochleagramConfig, filters_on, power_compression_grad
+from .cochlear_filters import CochleagramConfig, check_finite, filters_on, power_compression_grad
 
 
 class _ClippedPowerCompression(torch.autograd.Function):
@@ -35,6 +35,7 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
     config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
                                compression, power, offset, clip_value)
     config.check_waveform(waveform)
+    check_finite(waveform)
     if waveform.dtype in (torch.float16, torch.bfloat16):
         waveform = waveform.float()
     length = waveform.shape[-1]

@@ -1,0 +1,4 @@
+"""Sounds and datasets. `builtin` synthesises sounds from a seed (no files, no network)."""
+from .builtin import demo_sound
+
+__all__ = ["demo_sound"]
