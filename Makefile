@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD_INPUTS := requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean wheels
 
 $(STAMP): $(BUILD_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,16 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only
+	$(PY) -m pytest bench --benchmark-only --benchmark-json bench/last.json
+	$(PY) bench/report.py bench/last.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf build topoaudio/_C*.so *.egg-info
+
+# pytest wheels for an offline GPU machine (bench/gpu.sh installs them there)
+wheels: $(STAMP)
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d bench/wheels \
+		pytest pytest-benchmark pluggy iniconfig packaging py-cpuinfo

@@ -1,0 +1,47 @@
+"""Markdown tables from a pytest-benchmark JSON file, with ratios against the reference.
+
+    python bench/report.py bench/last.json
+"""
+import json
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+
+
+def machine(info: dict) -> str:
+    cpu = info.get("cpu", {}).get("brand_raw", platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {torch.get_num_threads()} threads; {gpu}; torch {torch.__version__}, "
+            f"python {platform.python_version()}; commit {commit}")
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    print(f"Machine: {machine(data.get('machine_info', {}))}\n")
+    groups = defaultdict(list)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]].append(bench)
+    for group, benches in groups.items():
+        reference = next((b for b in benches if b["params"].get("backend") == "reference"), None)
+        print(f"**{group}**\n")
+        print("| backend | median ms | clips/s | peak MB | speed-up vs reference | memory vs reference |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for bench in benches:
+            median, extra = bench["stats"]["median"], bench["extra_info"]
+            speed = memory = "-"
+            if reference is not None:
+                speed = f"{reference['stats']['median'] / median:.2f}x"
+                memory = f"{extra['peak_mb'] / max(reference['extra_info']['peak_mb'], 1e-9):.3f}"
+            print(f"| {bench['params']['backend']} | {median * 1e3:.1f} | "
+                  f"{extra.get('clips_per_s', float('nan')):.1f} | {extra['peak_mb']:.0f} | "
+                  f"{speed} | {memory} |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/last.json")
