@@ -12,7 +12,6 @@ import shutil
 from setuptools import find_packages, setup
 
 
-
 def find_cuda_home():
     if os.environ.get("TOPOAUDIO_NO_CUDA", "0") == "1":
         return None
@@ -40,7 +39,7 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp"))
     if CUDA_HOME is None:
         return CppExtension("topoaudio._C", sources, extra_compile_args={"cxx": cxx_flags})
-    nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math"]
+    nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3"]
     nvcc_flags += ["-gencode=arch=compute_90,code=sm_90"]
     return CUDAExtension(
         "topoaudio._C",

@@ -38,9 +38,9 @@ def demo_sound(sr: int = 20000, seconds: float = 2.0, seed: int = 0) -> np.ndarr
         part = slice(i * segment, (i + 1) * segment if i < 3 else n)
         voice[part] = _formant_filter(pulses[part], _VOWEL_FORMANTS[vowel], sr)
     voice *= np.hanning(n) ** 0.25
-    # melody: three notes of a harmonic tone (1/k amplitudes), in the second half
+    # melody: three notes of a harmonic tone (1/h amplitudes), in the second half
     melody = np.zeros(n)
-    for k, (start, freq) in enumerate([(0.9, 440.0), (1.25, 554.4), (1.6, 659.3)]):
+    for start, freq in [(0.9, 440.0), (1.25, 554.4), (1.6, 659.3)]:
         note = (t >= start) & (t < start + 0.35)
         envelope = np.exp(-(t[note] - start) * 6.0)
         for h in range(1, 8):
