@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .cochlear_filters import CochleagramConfig, check_finite, filters_on, power_compression_grad
+from .spatial_common import check_spatial_args, compute_dtype
 
 
 class _ClippedPowerCompression(torch.autograd.Function):
@@ -56,3 +57,46 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
         return downsampled
     # 5. compression with the clipped gradient
     return _ClippedPowerCompression.apply(downsampled, config)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two vectors; 0 when either has no variance (see spatial_common)."""
+    a, b = a - a.mean(), b - b.mean()
+    variance_product = (a * a).mean() * (b * b).mean()
+    defined = variance_product > torch.finfo(torch.float64).tiny
+    # sqrt only where defined: its infinite slope at 0 would turn the zero gradient into NaN
+    denom = torch.sqrt(torch.where(defined, variance_product, torch.ones_like(variance_product)))
+    return torch.where(defined, (a * b).mean() / denom, torch.zeros_like(denom))
+
+
+def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str = "relative",
+                 radius: float | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Reference spatial-correlation loss over all unit pairs i < j (or those within `radius` mm).
+
+    features [B, N] (responses of N units over a batch), positions [N, 2] (mm) -> scalar.
+    kind="relative": (1 - corr_P(r, w)) / 2 (TDANN); kind="absolute": mean_P |r - w|; with
+    r_ij the Pearson correlation over the batch and w_ij = 1 / (1 + d_ij). Builds N x N matrices.
+    """
+    check_spatial_args(features, positions, kind, radius, eps)
+    x = features.to(compute_dtype(features))
+    batch, n_units = x.shape
+    # correlations over the batch; zero-variance units correlate 0 with everything
+    mean = x.mean(dim=0)
+    centred = x - mean
+    norm = centred.norm(dim=0)
+    live = norm / batch ** 0.5 > eps * mean.abs().clamp_min(1.0)
+    z = torch.where(live, centred / torch.where(live, norm, torch.ones_like(norm)), 0.0)
+    r = (z.t() @ z).clamp(-1.0, 1.0)
+    # distances and the target similarity
+    p = positions.detach().to(x.dtype)
+    d = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist")
+    w = 1.0 / (1.0 + d)
+    pairs = torch.triu(torch.ones(n_units, n_units, dtype=torch.bool, device=x.device), diagonal=1)
+    if radius is not None:
+        pairs &= d <= radius
+        if not bool(pairs.any()):
+            raise ValueError(f"no pair of units lies within radius {radius} mm")
+    r_pairs, w_pairs = r[pairs].double(), w[pairs].double()
+    if kind == "absolute":
+        return (r_pairs - w_pairs).abs().mean().to(x.dtype)
+    return ((1 - _pearson(r_pairs, w_pairs)) / 2).to(x.dtype)

@@ -1,0 +1,118 @@
+"""Shared pieces of the spatial-correlation loss (docs/SCIENCE.md section 3): argument checks,
+unit vectors with the zero-variance rule, and the loss as a function of pair sums.
+
+Every backend reduces the pairs P to the same seven sums, so the loss and its gradient with respect
+to the sums are written once here, in float64, and autograd carries them back to the sums.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+KINDS = ("relative", "absolute")
+# Order of the pair sums every backend returns (float64 [7]).
+SUM_NAMES = ("count", "w", "w2", "r", "r2", "wr", "abs_r_minus_w")
+N_SUMS = len(SUM_NAMES)
+
+
+def check_spatial_args(features, positions, kind: str, radius, eps: float) -> None:
+    """ValueError naming the problem, before any work."""
+    if not isinstance(features, torch.Tensor) or not isinstance(positions, torch.Tensor):
+        raise ValueError("spatial_loss expects torch.Tensor features [B, N] and positions [N, 2]")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if features.dim() != 2:
+        raise ValueError(f"features must be [B, N] (batch x units), got shape {tuple(features.shape)}")
+    if not features.is_floating_point() or not positions.is_floating_point():
+        raise ValueError(f"features and positions must be floating point, got {features.dtype} "
+                         f"and {positions.dtype}")
+    batch, n_units = features.shape
+    if positions.dim() != 2 or positions.shape[1] != 2:
+        raise ValueError(f"positions must be [N, 2] (x, y in mm), got shape {tuple(positions.shape)}")
+    if positions.shape[0] != n_units:
+        raise ValueError(f"features have {n_units} units but positions has {positions.shape[0]} rows")
+    if features.device != positions.device:
+        raise ValueError(f"features are on {features.device} but positions on {positions.device}")
+    if n_units < 2:
+        raise ValueError(f"need at least 2 units to form a pair, got N = {n_units}")
+    if batch < 2:
+        raise ValueError(f"batch size is {batch}: a correlation over the batch needs at least 2 "
+                         "samples")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if radius is not None:
+        if not (isinstance(radius, (int, float)) and radius > 0 and math.isfinite(radius)):
+            raise ValueError(f"radius must be a positive finite number of mm or None, got {radius!r}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"features contain {int((~torch.isfinite(features)).sum())} NaN or Inf values")
+    if not bool(torch.isfinite(positions).all()):
+        raise ValueError(f"positions contain {int((~torch.isfinite(positions)).sum())} NaN or Inf "
+                         "values")
+
+
+def compute_dtype(features: torch.Tensor) -> torch.dtype:
+    """float16/bfloat16 responses are accumulated in float32; float64 stays float64."""
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def unit_vectors(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [N, B]: each unit's responses centred and scaled to norm 1, so r_ij = z_i . z_j; zero for
+    zero-variance units (population std <= eps * max(1, |mean|)). Returns (z, live mask [N])."""
+    x = features.to(compute_dtype(features))
+    mean = x.mean(dim=0)
+    centred = x - mean
+    norm = centred.norm(dim=0)
+    live = norm / math.sqrt(x.shape[0]) > eps * mean.abs().clamp_min(1.0)
+    # Dead units get norm 1 in the division so their (zero) gradient is not 0/0.
+    z = torch.where(live, centred / torch.where(live, norm, torch.ones_like(norm)), 0.0)
+    return z.t().contiguous(), live
+
+
+def pearson_from_sums(count, sum_a, sum_b, sum_aa, sum_bb, sum_ab):
+    """Pearson correlation from sums; 0 when either side has no variance (a single pair, all
+    units dead, all distances equal): the loss is then 1/2 with zero gradient."""
+    mean_a, mean_b = sum_a / count, sum_b / count
+    cov = sum_ab / count - mean_a * mean_b
+    var_a = (sum_aa / count - mean_a ** 2).clamp_min(0)
+    var_b = (sum_bb / count - mean_b ** 2).clamp_min(0)
+    variance_product = var_a * var_b
+    defined = variance_product > torch.finfo(torch.float64).tiny
+    # sqrt only where defined: its infinite slope at 0 would turn the zero gradient into NaN
+    denom = torch.sqrt(torch.where(defined, variance_product, torch.ones_like(variance_product)))
+    return torch.where(defined, cov / denom, torch.zeros_like(cov))
+
+
+def loss_from_sums(sums: torch.Tensor, kind: str) -> torch.Tensor:
+    """The loss from the pair sums (float64 [7], see SUM_NAMES)."""
+    count, w, w2, r, r2, wr, abs_diff = sums.unbind()
+    if kind == "absolute":
+        return abs_diff / count
+    return (1 - pearson_from_sums(count, r, w, r2, w2, wr)) / 2
+
+
+def has_pair_within(positions: torch.Tensor, radius: float) -> bool:
+    """Whether any two units lie within `radius` of each other, in O(N log N): hash units into
+    square cells of side radius / sqrt(2) (two units in one cell are within radius), then look for
+    a partner in the 24 cells around each unit's cell."""
+    p = positions.detach().to(torch.float64)
+    cell = radius / math.sqrt(2)
+    cells = torch.floor((p - p.min(dim=0).values) / cell).to(torch.int64)
+    width = int(cells[:, 1].max()) + 5
+    keys = (cells[:, 0] + 2) * width + (cells[:, 1] + 2)
+    order = torch.argsort(keys)
+    sorted_keys = keys[order]
+    if bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
+        return True
+    for dx in range(-2, 3):
+        for dy in range(-2, 3):
+            if dx == 0 and dy == 0:
+                continue
+            target = keys + dx * width + dy
+            index = torch.searchsorted(sorted_keys, target).clamp_max(len(keys) - 1)
+            found = sorted_keys[index] == target
+            partner = order[index]
+            close = (p - p[partner]).norm(dim=1) <= radius
+            if bool((found & close).any()):
+                return True
+    return False
