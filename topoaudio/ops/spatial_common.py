@@ -69,26 +69,28 @@ def unit_vectors(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torc
     return z.t().contiguous(), live
 
 
-def pearson_from_sums(count, sum_a, sum_b, sum_aa, sum_bb, sum_ab):
+def pearson_from_sums(count, sum_a, sum_b, sum_aa, sum_bb, sum_ab, rel_tol: float):
     """Pearson correlation from sums; 0 when either side has no variance (a single pair, all
-    units dead, all distances equal): the loss is then 1/2 with zero gradient."""
+    units dead, all distances equal): the loss is then 1/2 with zero gradient. A variance below
+    rel_tol x the mean square counts as none: sums of rounded terms leave that much noise."""
     mean_a, mean_b = sum_a / count, sum_b / count
     cov = sum_ab / count - mean_a * mean_b
     var_a = (sum_aa / count - mean_a ** 2).clamp_min(0)
     var_b = (sum_bb / count - mean_b ** 2).clamp_min(0)
     variance_product = var_a * var_b
-    defined = variance_product > torch.finfo(torch.float64).tiny
+    defined = (var_a > rel_tol * sum_aa / count) & (var_b > rel_tol * sum_bb / count)
     # sqrt only where defined: its infinite slope at 0 would turn the zero gradient into NaN
     denom = torch.sqrt(torch.where(defined, variance_product, torch.ones_like(variance_product)))
     return torch.where(defined, cov / denom, torch.zeros_like(cov))
 
 
-def loss_from_sums(sums: torch.Tensor, kind: str) -> torch.Tensor:
-    """The loss from the pair sums (float64 [7], see SUM_NAMES)."""
+def loss_from_sums(sums: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """The loss from the pair sums (float64 [7], see SUM_NAMES) of terms computed in `dtype`."""
     count, w, w2, r, r2, wr, abs_diff = sums.unbind()
     if kind == "absolute":
         return abs_diff / count
-    return (1 - pearson_from_sums(count, r, w, r2, w2, wr)) / 2
+    rel_tol = 1e-10 if dtype == torch.float64 else 1e-5
+    return (1 - pearson_from_sums(count, r, w, r2, w2, wr, rel_tol)) / 2
 
 
 def has_pair_within(positions: torch.Tensor, radius: float) -> bool:

@@ -168,7 +168,8 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
         z, positions = z[order].contiguous(), positions[order].contiguous()
     sums, _ = _pair_sums_op(z, positions, math.inf if radius is None else float(radius),
                             all_pairs, name)
-    return loss_from_sums(sums, kind).to(compute_dtype(features))
+    dtype = compute_dtype(features)
+    return loss_from_sums(sums, kind, dtype).to(dtype)
 
 
 class SpatialLoss(nn.Module):
