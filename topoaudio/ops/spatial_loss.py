@@ -46,7 +46,8 @@ def _primitives(backend: str):
 
 
 def _all_pairs_sums(z, positions, weighted_sum):
-    """Seven sums over all pairs i < j by algebra (the |r - w| sum is NaN: it needs tiles)."""
+    """Seven sums over all pairs i < j by algebra. The |r - w| sum needs tiles and is left at 0:
+    only kind="relative" takes this path, and it does not read it."""
     n_units = z.shape[0]
     wz, w_rows, w2_rows = weighted_sum(z, positions)
     s = z.sum(dim=0)
@@ -60,7 +61,7 @@ def _all_pairs_sums(z, positions, weighted_sum):
         ((s.double() ** 2).sum() - self_dot.double().sum()) / 2,
         ((gram.double() ** 2).sum() - (self_dot.double() ** 2).sum()) / 2,
         ((z.double() * wz.double()).sum() - self_dot.double().sum()) / 2,
-        torch.tensor(math.nan, dtype=f64, device=z.device),
+        torch.zeros((), dtype=f64, device=z.device),
     ])
     return sums, wz
 
@@ -114,8 +115,7 @@ def _backward(ctx, grad_sums, grad_wz):
     radius, all_pairs, backend = ctx.params
     if grad_sums is None:
         return None, None, None, None, None
-    grad_sums = torch.nan_to_num(grad_sums.contiguous(), nan=0.0)
-    grad_z = _pair_sums_backward_op(grad_sums, z, positions, wz, radius, all_pairs, backend)
+    grad_z = _pair_sums_backward_op(grad_sums.contiguous(), z, positions, wz, radius, all_pairs, backend)
     return grad_z, None, None, None, None
 
 
