@@ -41,7 +41,24 @@ def cochleagram_call(args):
     return lambda: ops.cochleagram(leaf, backend=args.backend).sum().backward()
 
 
-CALLS = {"cochleagram": cochleagram_call}
+def spatial_loss_call(args):
+    import topoaudio.ops as ops
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(args.batch, args.n, generator=generator).to(args.device)
+    positions = (torch.rand(args.n, 2, generator=generator) * 20).to(args.device)
+    radius = None if args.radius is None else float(args.radius)
+    ops.spatial_loss(features[:, :64], positions[:64], kind=args.kind, radius=radius,
+                     backend=args.backend)  # load kernels
+    if args.mode == "forward":
+        return lambda: ops.spatial_loss(features, positions, kind=args.kind, radius=radius,
+                                        backend=args.backend)
+    leaf = features.requires_grad_(True)
+    return lambda: ops.spatial_loss(leaf, positions, kind=args.kind, radius=radius,
+                                    backend=args.backend).backward()
+
+
+CALLS = {"cochleagram": cochleagram_call, "spatial_loss": spatial_loss_call}
 
 
 def main():
@@ -52,6 +69,9 @@ def main():
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, default=40000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=8192, help="units (spatial_loss)")
+    parser.add_argument("--kind", default="relative")
+    parser.add_argument("--radius", type=float, default=None)
     args = parser.parse_args()
     call = CALLS[args.op](args)
     if args.device == "cuda":

@@ -29,7 +29,10 @@ def main(path: str) -> None:
     for group, benches in groups.items():
         reference = next((b for b in benches if b["params"].get("backend") == "reference"), None)
         print(f"**{group}**\n")
-        print("| backend | median ms | clips/s | peak MB | speed-up vs reference | memory vs reference |")
+        rate_key = "clips_per_s" if "clips_per_s" in benches[0]["extra_info"] else "tflops_per_product"
+        rate_name = "clips/s" if rate_key == "clips_per_s" else "TFLOP/s (2 N² B)"
+        print(f"| backend | median ms | {rate_name} | peak MB | speed-up vs reference "
+              "| memory vs reference |")
         print("|---|---:|---:|---:|---:|---:|")
         for bench in benches:
             median, extra = bench["stats"]["median"], bench["extra_info"]
@@ -37,9 +40,10 @@ def main(path: str) -> None:
             if reference is not None:
                 speed = f"{reference['stats']['median'] / median:.2f}x"
                 memory = f"{extra['peak_mb'] / max(reference['extra_info']['peak_mb'], 1e-9):.3f}"
-            print(f"| {bench['params']['backend']} | {median * 1e3:.1f} | "
-                  f"{extra.get('clips_per_s', float('nan')):.1f} | {extra['peak_mb']:.0f} | "
-                  f"{speed} | {memory} |")
+            backend = bench["params"].get("backend", bench["params"].get("dtype", "-"))
+            rate = extra.get(rate_key, extra.get("tflops", float("nan")))
+            print(f"| {backend} | {median * 1e3:.1f} | {rate:.{1 if rate_key == 'clips_per_s' else 3}f} "
+                  f"| {extra['peak_mb']:.0f} | {speed} | {memory} |")
         print()
 
 
