@@ -28,7 +28,7 @@ fi
 log "built in $(( $(date +%s) - start )) s"
 
 log "CUDA tests"
-$PY -m pytest tests/test_cochleagram.py -q -x -k "cuda or dispatch or fixture" -p no:cacheprovider \
+$PY -m pytest tests/test_cochleagram.py tests/test_spatial_loss.py -q -k "cuda or dispatch or fixture or opcheck" -p no:cacheprovider \
   > "$OUT/tests.log" 2>&1
 tests_rc=$?
 tail -5 "$OUT/tests.log" | tee -a "$OUT/summary.txt"

@@ -204,5 +204,6 @@ def pair_grad(z: torch.Tensor, positions: torch.Tensor, radius: float,
     grad = torch.empty_like(z)
     params = torch.cat([torch.tensor([radius], dtype=torch.float64), coef.double().cpu()])
     _pair_grad_kernel[(n_tiles,)](z, positions, _boxes(positions, tile), grad, n_units, batch,
-                                  n_tiles, params.to(z.device), PRECISION=_precision(z), TILE=tile, BLOCK_B=_block_b(batch))
+                                  n_tiles, params.to(z.device), PRECISION=_precision(z), TILE=tile,
+                                  BLOCK_B=_block_b(batch))
     return grad
