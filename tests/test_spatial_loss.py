@@ -58,7 +58,7 @@ def test_cpu_backends_match_reference_float64(backend, n_units, batch, kind, rad
 
 
 @pytest.mark.parametrize("kind, radius", VARIANTS)
-@pytest.mark.parametrize("n_units, batch", SIZES[:4])
+@pytest.mark.parametrize("n_units, batch", SIZES[:4] + [(150, 130)])  # 130: batch chunks + tail
 def test_triton_interpreter_matches_reference_float64(n_units, batch, kind, radius):
     check_against_reference("triton", n_units, batch, kind, radius_for(n_units, radius))
 

@@ -50,20 +50,25 @@ def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, bat
 
 @triton.jit
 def _pair_tile(z_ptr, p_ptr, a, b, n_units, batch, PRECISION: tl.constexpr, TILE: tl.constexpr,
-               BLOCK_B: tl.constexpr):
-    """r, w, d and validity of the tile (row tile a, column tile b)."""
+               BLOCK_K: tl.constexpr):
+    """r, w, d and validity of the tile (row tile a, column tile b); r sums the whole batch in
+    chunks of BLOCK_K, so any batch size fits in registers."""
     o_i = a * TILE + tl.arange(0, TILE)
     o_j = b * TILE + tl.arange(0, TILE)
-    o_b = tl.arange(0, BLOCK_B)
-    m_i, m_j, m_b = o_i < n_units, o_j < n_units, o_b < batch
-    b_zi = tl.load(z_ptr + o_i[:, None] * batch + o_b[None, :], mask=m_i[:, None] & m_b[None, :],
-                   other=0.0)
-    b_zj = tl.load(z_ptr + o_j[:, None] * batch + o_b[None, :], mask=m_j[:, None] & m_b[None, :],
-                   other=0.0)
-    if PRECISION == "ieee64":
-        b_r = tl.dot(b_zi, tl.trans(b_zj))
-    else:
-        b_r = tl.dot(b_zi.to(tl.float32), tl.trans(b_zj.to(tl.float32)), input_precision=PRECISION)
+    m_i, m_j = o_i < n_units, o_j < n_units
+    b_r = tl.zeros([TILE, TILE], dtype=tl.float32 if PRECISION != "ieee64" else tl.float64)
+    for k0 in range(0, batch, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < batch
+        b_zi = tl.load(z_ptr + o_i[:, None] * batch + o_k[None, :], mask=m_i[:, None] & m_k[None, :],
+                       other=0.0)
+        b_zj = tl.load(z_ptr + o_j[:, None] * batch + o_k[None, :], mask=m_j[:, None] & m_k[None, :],
+                       other=0.0)
+        if PRECISION == "ieee64":
+            b_r += tl.dot(b_zi, tl.trans(b_zj))
+        else:
+            b_r += tl.dot(b_zi.to(tl.float32), tl.trans(b_zj.to(tl.float32)),
+                          input_precision=PRECISION)
     b_dx = tl.load(p_ptr + 2 * o_i, mask=m_i, other=0.0)[:, None] - \
         tl.load(p_ptr + 2 * o_j, mask=m_j, other=0.0)[None, :]
     b_dy = tl.load(p_ptr + 2 * o_i + 1, mask=m_i, other=0.0)[:, None] - \
@@ -85,7 +90,7 @@ def _tiles_apart(box_ptr, a, b, radius):
 
 @triton.jit
 def _pair_sums_kernel(z_ptr, p_ptr, box_ptr, part_ptr, n_units, batch, n_tiles, param_ptr,
-                      PRECISION: tl.constexpr, TILE: tl.constexpr, BLOCK_B: tl.constexpr):
+                      PRECISION: tl.constexpr, TILE: tl.constexpr, BLOCK_K: tl.constexpr):
     a = tl.program_id(0)
     radius = tl.load(param_ptr)  # float64: Python floats would arrive as float32
     acc_count = tl.zeros([1], dtype=tl.float64)
@@ -95,7 +100,7 @@ def _pair_sums_kernel(z_ptr, p_ptr, box_ptr, part_ptr, n_units, batch, n_tiles, 
     for b in range(a, n_tiles):  # pairs i < j live in tiles b >= a
         if not _tiles_apart(box_ptr, a, b, radius):
             b_r, b_w, b_d, o_i, o_j, m = _pair_tile(z_ptr, p_ptr, a, b, n_units, batch, PRECISION,
-                                                    TILE, BLOCK_B)
+                                                    TILE, BLOCK_K)
             b_in = m & (o_i[:, None] < o_j[None, :]) & (b_d.to(tl.float64) <= radius)
             b_r = tl.where(b_in, b_r, 0.0)
             b_w = tl.where(b_in, b_w, 0.0)
@@ -119,20 +124,21 @@ def _pair_sums_kernel(z_ptr, p_ptr, box_ptr, part_ptr, n_units, batch, n_tiles, 
 
 @triton.jit
 def _pair_grad_kernel(z_ptr, p_ptr, box_ptr, grad_ptr, n_units, batch, n_tiles, param_ptr,
-                      PRECISION: tl.constexpr, TILE: tl.constexpr, BLOCK_B: tl.constexpr):
-    a = tl.program_id(0)
+                      PRECISION: tl.constexpr, TILE: tl.constexpr, BLOCK_K: tl.constexpr,
+                      BLOCK_B: tl.constexpr):
+    a, b_block = tl.program_id(0), tl.program_id(1)
     # float64 parameters (radius, then dS/dr coefficients): Python floats arrive as float32
     radius = tl.load(param_ptr)
     c_r, c_r2 = tl.load(param_ptr + 1), tl.load(param_ptr + 2)
     c_wr, c_abs = tl.load(param_ptr + 3), tl.load(param_ptr + 4)
-    o_b = tl.arange(0, BLOCK_B)
+    o_b = b_block * BLOCK_B + tl.arange(0, BLOCK_B)  # this program's gradient columns
     m_b = o_b < batch
     o_rows = a * TILE + tl.arange(0, TILE)
     b_grad = tl.zeros([TILE, BLOCK_B], dtype=tl.float32 if PRECISION != "ieee64" else tl.float64)
     for b in range(0, n_tiles):  # both orders of every pair
         if not _tiles_apart(box_ptr, a, b, radius):
             b_r, b_w, b_d, o_i, o_j, m = _pair_tile(z_ptr, p_ptr, a, b, n_units, batch, PRECISION,
-                                                    TILE, BLOCK_B)
+                                                    TILE, BLOCK_K)
             b_in = m & (o_i[:, None] != o_j[None, :]) & (b_d.to(tl.float64) <= radius)
             b_diff = b_r - b_w
             b_sign = tl.where(b_diff > 0, 1.0, tl.where(b_diff < 0, -1.0, 0.0)).to(b_r.dtype)
@@ -153,13 +159,9 @@ def _precision(z: torch.Tensor) -> str:
     return "ieee64" if z.dtype == torch.float64 else "tf32x3"
 
 
-def _block_b(batch: int) -> int:
-    return max(16, triton.next_power_of_2(batch))
-
-
-def _tile(batch: int) -> int:
-    # Whole-batch tiles: [TILE, BLOCK_B] operands must fit registers and shared memory.
-    return 64 if _block_b(batch) <= 128 else 32
+TILE = 64  # units per tile side
+BLOCK_K = 32  # batch chunk of the r = Z_I Z_J^T products
+BLOCK_B = 64  # gradient columns per program
 
 
 def _boxes(positions: torch.Tensor, tile: int) -> torch.Tensor:
@@ -175,35 +177,31 @@ def weighted_sum(z: torch.Tensor, positions: torch.Tensor):
     wz = torch.empty_like(z)
     w_sum = torch.empty(n_units, dtype=torch.float64, device=z.device)
     w2_sum = torch.empty_like(w_sum)
-    block_i = block_j = 64
-    block_b = min(_block_b(batch), 64)
-    grid = (triton.cdiv(n_units, block_i), triton.cdiv(batch, block_b))
+    grid = (triton.cdiv(n_units, TILE), triton.cdiv(batch, BLOCK_B))
     _weighted_sum_kernel[grid](z, positions, wz, w_sum, w2_sum, n_units, batch,
-                               PRECISION=_precision(z), BLOCK_I=block_i, BLOCK_J=block_j,
-                               BLOCK_B=block_b)
+                               PRECISION=_precision(z), BLOCK_I=TILE, BLOCK_J=TILE, BLOCK_B=BLOCK_B)
     return wz, w_sum, w2_sum
 
 
 def pair_sums(z: torch.Tensor, positions: torch.Tensor, radius: float) -> torch.Tensor:
     n_units, batch = z.shape
-    tile = _tile(batch)
-    n_tiles = triton.cdiv(n_units, tile)
+    n_tiles = triton.cdiv(n_units, TILE)
     partial = torch.zeros(n_tiles, 7, dtype=torch.float64, device=z.device)
     params = torch.tensor([radius], dtype=torch.float64, device=z.device)
-    _pair_sums_kernel[(n_tiles,)](z, positions, _boxes(positions, tile), partial, n_units, batch,
-                                  n_tiles, params, PRECISION=_precision(z), TILE=tile,
-                                  BLOCK_B=_block_b(batch))
+    _pair_sums_kernel[(n_tiles,)](z, positions, _boxes(positions, TILE), partial, n_units, batch,
+                                  n_tiles, params, PRECISION=_precision(z), TILE=TILE,
+                                  BLOCK_K=BLOCK_K)
     return partial.sum(dim=0)
 
 
 def pair_grad(z: torch.Tensor, positions: torch.Tensor, radius: float,
               coef: torch.Tensor) -> torch.Tensor:
     n_units, batch = z.shape
-    tile = _tile(batch)
-    n_tiles = triton.cdiv(n_units, tile)
+    n_tiles = triton.cdiv(n_units, TILE)
     grad = torch.empty_like(z)
     params = torch.cat([torch.tensor([radius], dtype=torch.float64), coef.double().cpu()])
-    _pair_grad_kernel[(n_tiles,)](z, positions, _boxes(positions, tile), grad, n_units, batch,
-                                  n_tiles, params.to(z.device), PRECISION=_precision(z), TILE=tile,
-                                  BLOCK_B=_block_b(batch))
+    grid = (n_tiles, triton.cdiv(batch, BLOCK_B))
+    _pair_grad_kernel[grid](z, positions, _boxes(positions, TILE), grad, n_units, batch, n_tiles,
+                            params.to(z.device), PRECISION=_precision(z), TILE=TILE,
+                            BLOCK_K=BLOCK_K, BLOCK_B=BLOCK_B)
     return grad
