@@ -20,6 +20,14 @@ def machine(info: dict) -> str:
             f"python {platform.python_version()}; commit {commit}")
 
 
+def _label(bench: dict) -> str:
+    params = bench.get("params") or {}
+    for key in ("backend", "topo", "dtype"):
+        if key in params:
+            return str(params[key])
+    return bench["name"]
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     print(f"Machine: {machine(data.get('machine_info', {}))}\n")
@@ -27,20 +35,22 @@ def main(path: str) -> None:
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
     for group, benches in groups.items():
-        reference = next((b for b in benches if b["params"].get("backend") == "reference"), None)
+        # the baseline each row is compared with: the reference op, or the step without topography
+        reference = next((b for b in benches if _label(b) in ("reference", "none")), None)
         print(f"**{group}**\n")
         rate_key = "clips_per_s" if "clips_per_s" in benches[0]["extra_info"] else "tflops_per_product"
         rate_name = "clips/s" if rate_key == "clips_per_s" else "TFLOP/s (2 N² B)"
-        print(f"| backend | median ms | {rate_name} | peak MB | speed-up vs reference "
-              "| memory vs reference |")
+        print(f"| variant | median ms | {rate_name} | peak MB | speed-up vs baseline "
+              "| memory vs baseline |")
         print("|---|---:|---:|---:|---:|---:|")
         for bench in benches:
             median, extra = bench["stats"]["median"], bench["extra_info"]
             speed = memory = "-"
             if reference is not None:
                 speed = f"{reference['stats']['median'] / median:.2f}x"
-                memory = f"{extra['peak_mb'] / max(reference['extra_info']['peak_mb'], 1e-9):.3f}"
-            backend = bench["params"].get("backend", bench["params"].get("dtype", "-"))
+                if reference["extra_info"].get("peak_mb"):
+                    memory = f"{extra['peak_mb'] / reference['extra_info']['peak_mb']:.3f}"
+            backend = _label(bench)
             rate = extra.get(rate_key, extra.get("tflops", float("nan")))
             print(f"| {backend} | {median * 1e3:.1f} | {rate:.{1 if rate_key == 'clips_per_s' else 3}f} "
                   f"| {extra['peak_mb']:.0f} | {speed} | {memory} |")

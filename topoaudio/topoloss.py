@@ -1,0 +1,163 @@
+"""TopoLoss (TopoNets, Deb et al. ICLR 2025; docs/SCIENCE.md section 4): a weight-based
+topographic loss. Output channels sit on the grid_shape(C_out) grid; the loss asks each channel's
+weight vector to point the same way as a blurred copy of the weight sheet. Cost O(#weights), no
+activations needed.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sheet import grid_shape
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+
+
+def topoloss_layer(weight: torch.Tensor, phi: float = 2.0) -> torch.Tensor:
+    """L = 1 - mean over grid cells of cos(W_cell, B(W)_cell); a 0-dim tensor.
+
+    weight: [C_out, C_in, kh, kw], [C_out, C_in, k] or [out, in], reshaped to [C_out, E] and laid
+    on the h x w grid (channel c at row c // w, column c % w) as an image [1, E, h, w].
+    B(.) = bilinear upsample back to h x w of a bilinear downsample to
+    max(1, round(h / phi)) x max(1, round(w / phi)). float16/bfloat16 weights are computed in
+    float32 (bilinear interpolation of half tensors is not supported everywhere).
+    """
+    sheet = _weight_sheet(weight, "weight")
+    if not (isinstance(phi, numbers.Real) and math.isfinite(phi) and phi >= 1):
+        raise ValueError(f"phi (the blur's downsampling factor) must be a finite number >= 1, got {phi!r}")
+    _, _, height, width = sheet.shape
+    coarse_size = (max(1, round(height / phi)), max(1, round(width / phi)))
+    coarse = F.interpolate(sheet, size=coarse_size, mode="bilinear", align_corners=False)
+    blurred = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return 1 - F.cosine_similarity(sheet, blurred, dim=1).mean()
+
+
+def weight_roughness(weight: torch.Tensor) -> float:
+    """Mean over grid-neighbour pairs (right and down) of |u_i - u_j|^2, u = unit-norm weight vectors.
+
+    In [0, 4]: 0 for a sheet of parallel vectors, about 2 for random ones; lower = smoother.
+    weight: [C_out, ...] with C_out >= 2.
+    """
+    with torch.no_grad():
+        sheet = _weight_sheet(weight, "weight")[0]
+        if sheet.shape[1] * sheet.shape[2] < 2:
+            raise ValueError("weight_roughness needs at least 2 output channels to have neighbours")
+        # Zero vectors stay zero rather than becoming NaN.
+        unit = F.normalize(sheet, dim=0)
+        right = (unit[:, :, 1:] - unit[:, :, :-1]).pow(2).sum(dim=0).flatten()
+        down = (unit[:, 1:, :] - unit[:, :-1, :]).pow(2).sum(dim=0).flatten()
+        return torch.cat([right, down]).mean().item()
+
+
+def tau_schedule(step: int, total_steps: int, *, kind: str = "constant", warmup_steps: int = 0,
+                 decay: bool = False) -> float:
+    """Multiplier in [0, 1] for the TopoLoss weight tau at ``step`` (0-based).
+
+    Before ``warmup_steps``: a ramp from 0 to 1 (linear: step / warmup; cosine: half-cosine;
+    constant: 0, i.e. the loss switches on at warmup_steps). Afterwards 1, or with ``decay`` a
+    linear/cosine fall from 1 at warmup_steps to 0 at total_steps. Steps past total_steps keep the
+    final value, so a loop that overruns by one step does not fail.
+    """
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
+    total_steps = _check_int("total_steps", total_steps, minimum=1)
+    warmup_steps = _check_int("warmup_steps", warmup_steps, minimum=0)
+    step = _check_int("step", step, minimum=0)
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})")
+    if decay and kind == "constant":
+        raise ValueError("decay=True needs kind 'linear' or 'cosine' to say how to decay")
+    if step < warmup_steps:
+        progress = step / warmup_steps
+        return {"constant": 0.0, "linear": progress,
+                "cosine": (1 - math.cos(math.pi * progress)) / 2}[kind]
+    if not decay:
+        return 1.0
+    decay_steps = total_steps - warmup_steps
+    progress = 1.0 if decay_steps == 0 else min(1.0, (step - warmup_steps) / decay_steps)
+    return 1 - progress if kind == "linear" else (1 + math.cos(math.pi * progress)) / 2
+
+
+class TopoLoss(nn.Module):
+    """(1 / n_layers) sum_l tau_l L_l over named layers (SCIENCE.md section 4).
+
+    layers: name -> module with a 2D+ ``.weight`` (Conv1d/2d, Linear) or a 2D+ Parameter. The
+    modules are referenced, not registered, so this loss adds no parameters or state of its own to
+    a model that holds it. tau: one float for all layers or a dict with one float per layer.
+    schedule: optional ``step -> multiplier`` (e.g. a functools.partial of ``tau_schedule``)
+    applied to every tau when ``forward`` gets a step; without a step, full strength.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module | nn.Parameter], tau: float | dict[str, float],
+                 phi: float = 2.0, *, schedule=None):
+        super().__init__()
+        if not isinstance(layers, dict) or not layers:
+            raise ValueError("layers must be a non-empty dict of name -> module or parameter")
+        for name, layer in layers.items():
+            _weight_of(name, layer)
+        self.tau = _taus(tau, list(layers))
+        if not (isinstance(phi, numbers.Real) and math.isfinite(phi) and phi >= 1):
+            raise ValueError(f"phi must be a finite number >= 1, got {phi!r}")
+        if schedule is not None and not callable(schedule):
+            raise ValueError(f"schedule must be callable step -> multiplier, got {schedule!r}")
+        self.phi = float(phi)
+        self.schedule = schedule
+        # A plain dict: nn.Module would otherwise register the model's layers as our submodules.
+        self._layers = dict(layers)
+
+    def forward(self, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total, per_layer): total a 0-dim tensor for backward; per_layer the raw L_l as floats."""
+        multiplier = 1.0 if step is None or self.schedule is None else float(self.schedule(step))
+        total = 0.0
+        per_layer = {}
+        for name, layer in self._layers.items():
+            loss = topoloss_layer(_weight_of(name, layer), self.phi)
+            per_layer[name] = loss.detach().item()
+            total = total + self.tau[name] * loss
+        return total * (multiplier / len(self._layers)), per_layer
+
+    def extra_repr(self) -> str:
+        return f"layers={list(self._layers)}, tau={self.tau}, phi={self.phi}"
+
+
+def _weight_sheet(weight, name: str) -> torch.Tensor:
+    """weight [C_out, ...] -> image [1, E, h, w] on the grid_shape(C_out) grid, row-major."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} must be a tensor [C_out, C_in, ...] with 2+ dims, got {got}")
+    if not weight.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {weight.dtype}")
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        weight = weight.float()
+    n_out = weight.shape[0]
+    height, width = grid_shape(n_out)
+    return weight.reshape(height, width, -1).permute(2, 0, 1).unsqueeze(0)
+
+
+def _weight_of(name: str, layer) -> torch.Tensor:
+    weight = layer if isinstance(layer, torch.Tensor) else getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        got = f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else "no weight tensor"
+        raise ValueError(f"TopoLoss layer {name!r} ({type(layer).__name__}) needs a 2D+ weight "
+                         f"[C_out, C_in, ...], got {got}")
+    return weight
+
+
+def _taus(tau, names: list[str]) -> dict[str, float]:
+    taus = dict(tau) if isinstance(tau, dict) else {name: tau for name in names}
+    if set(taus) != set(names):
+        raise ValueError(f"tau must name exactly the layers {sorted(names)}, got {sorted(taus)}")
+    for name, value in taus.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < math.inf):
+            raise ValueError(f"tau for layer {name!r} must be a finite number >= 0, got {value!r}")
+    return {name: float(taus[name]) for name in names}
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
