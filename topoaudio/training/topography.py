@@ -1,0 +1,96 @@
+"""The topographic term of the objective: response-based spatial loss on cortical sheets, or the
+weight-based TopoLoss, per chosen layer."""
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+
+from topoaudio.models import tapped
+from topoaudio.ops import spatial_loss
+from topoaudio.sheet import CorticalSheet, channel_freq_sheet, channels_sheet
+from topoaudio.topoloss import TopoLoss, tau_schedule
+
+from .config import TrainConfig
+
+
+class TopographicLosses:
+    """Call with the tapped features of a forward pass and the step: (total, {layer: value})."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, device, clip_samples: int):
+        self.config = config
+        self.device = device
+        self.sheets: dict[str, CorticalSheet] = {}
+        self.topoloss = None
+        if config.topo == "none":
+            self.layers: list[str] = []
+            return
+        self.layers = list(config.topo_layers)
+        names = dict(model.named_modules())
+        unknown = [layer for layer in self.layers if layer not in names]
+        if unknown:
+            raise ValueError(f"topo_layers {unknown} are not layers of {config.model}; its taps are "
+                             f"{list(getattr(model, 'tap_names', []))}")
+        if config.topo == "spatial":
+            shapes = self._tap_shapes(model, clip_samples)
+            for index, layer in enumerate(self.layers):
+                channels, freqs = shapes[layer][1], shapes[layer][2]
+                if config.sheet == "channel_freq":
+                    sheet = channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
+                                               seed=config.seed + index)
+                else:
+                    sheet = channels_sheet(layer, channels)
+                self.sheets[layer] = sheet
+            self.layers = list(self.sheets)
+        else:
+            self.topoloss = TopoLoss({layer: names[layer] for layer in self.layers}, tau=config.tau,
+                                     phi=config.phi)
+            self.layers = []  # TopoLoss reads weights, not activations
+
+    @staticmethod
+    @torch.no_grad()
+    def _tap_shapes(model: nn.Module, clip_samples: int) -> dict:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with tapped(model, model.tap_names) as features:
+            model(0.1 * torch.randn(2, clip_samples, device=device))
+        model.train(was_training)
+        return {name: tuple(value.shape) for name, value in features.items()}
+
+    def __call__(self, features: dict, step: int):
+        config = self.config
+        if config.topo == "topoloss":
+            scale = tau_schedule(step, config.steps, kind=config.tau_schedule,
+                                 warmup_steps=config.tau_warmup_steps)
+            total, per_layer = self.topoloss()
+            return scale * total, {name: scale * value for name, value in per_layer.items()}
+        terms = {}
+        total = torch.zeros((), device=self.device)
+        for layer, sheet in self.sheets.items():
+            responses = sheet.responses(features[layer])
+            positions = sheet.positions.to(responses.device)
+            if config.neighbourhood > 0:
+                responses, positions = self._neighbourhood(responses, positions, layer, step)
+            value = config.alpha * spatial_loss(responses, positions, kind=config.spatial_kind)
+            terms[layer] = value.detach()
+            total = total + value
+        return total, terms
+
+    def _neighbourhood(self, responses, positions, layer, step):
+        """TDANN's sampling: the k units nearest a random unit, drawn from (seed, step, layer)."""
+        # crc32, not hash(): str hashes are salted per process, which would break exact resume
+        layer_code = zlib.crc32(layer.encode())
+        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 4099 + layer_code)
+        centre = positions[int(torch.randint(len(positions), (1,), generator=generator))]
+        k = min(self.config.neighbourhood, len(positions))
+        nearest = torch.topk((positions - centre).norm(dim=1), k, largest=False).indices
+        return responses[:, nearest], positions[nearest]
+
+    def state_dict(self) -> dict:
+        return {layer: sheet.state_dict() for layer, sheet in self.sheets.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for layer, sheet_state in state.items():
+            self.sheets[layer] = CorticalSheet.from_state_dict(sheet_state)

@@ -1,0 +1,17 @@
+"""Train a topographic auditory model.
+
+    torchrun [--nproc_per_node=K] train.py [--config FILE.json] [--steps N] [--out DIR] [--resume]
+                                           [--key value ...]
+
+With no arguments: cochcnn with the whole-sheet spatial loss on the embedded procedural sounds
+(two CPU cores, under 15 minutes), checkpoint and metrics under runs/. Presets: configs/*.json.
+"""
+import sys
+
+from topoaudio.training import main
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"train.py: {error}")
