@@ -31,6 +31,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"  # cosine | constant
+    schedule_steps: int = 0  # length of the lr schedule; 0: steps. Fix it to extend a run by resuming
     warmup_steps: int = 25
     grad_clip: float = 5.0
     seed: int = 0

@@ -65,7 +65,8 @@ def _lr_lambda(config: TrainConfig):
             return (step + 1) / config.warmup_steps
         if config.lr_schedule == "constant":
             return 1.0
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        horizon = config.schedule_steps or config.steps
+        progress = (step - config.warmup_steps) / max(1, horizon - config.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
 
@@ -158,7 +159,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         scheduler.step()
         done = step + 1
         accuracy = float((logits.argmax(dim=1) == labels).float().mean())
-        last = {"step": done, "loss": float(loss), "task_loss": float(task_loss), "accuracy": accuracy,
+        last = {"step": done, "loss": float(loss.detach()), "task_loss": float(task_loss.detach()),
+                "accuracy": accuracy,
                 "topo": {name: float(value) for name, value in topo_terms.items()},
                 "lr": scheduler.get_last_lr()[0],
                 "clips_per_s": config.batch_size / (time.perf_counter() - tic)}
@@ -184,7 +186,7 @@ def _check_finite(loss, task_loss, topo_terms, step, ckpt_path, world, device) -
     if bad.item() == 0:
         return
     culprits = [name for name, value in topo_terms.items() if not math.isfinite(float(value))]
-    where = ("the task loss" if not math.isfinite(float(task_loss))
+    where = ("the task loss" if not math.isfinite(float(task_loss.detach()))
              else f"the topographic loss of layer(s) {culprits}" if culprits else "another rank")
     kept = f"; the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else ""
     raise TrainingDiverged(f"non-finite loss at step {step + 1}, from {where}{kept}")

@@ -15,6 +15,16 @@ from topoaudio.topoloss import TopoLoss, tau_schedule
 from .config import TrainConfig
 
 
+def _output_weights(module: nn.Module) -> nn.Module:
+    """The conv/linear whose output channels are the tapped layer's units: the layer itself, or
+    the last weighted module of a block (a ResNet stage ends with its last bottleneck's conv3)."""
+    weighted = [m for m in module.modules() if getattr(m, "weight", None) is not None
+                and m.weight.dim() >= 2]
+    if not weighted:
+        raise ValueError(f"{type(module).__name__} has no conv or linear weight for TopoLoss")
+    return weighted[-1]
+
+
 class TopographicLosses:
     """Call with the tapped features of a forward pass and the step: (total, {layer: value})."""
 
@@ -44,8 +54,8 @@ class TopographicLosses:
                 self.sheets[layer] = sheet
             self.layers = list(self.sheets)
         else:
-            self.topoloss = TopoLoss({layer: names[layer] for layer in self.layers}, tau=config.tau,
-                                     phi=config.phi)
+            self.topoloss = TopoLoss({layer: _output_weights(names[layer]) for layer in self.layers},
+                                     tau=config.tau, phi=config.phi)
             self.layers = []  # TopoLoss reads weights, not activations
 
     @staticmethod

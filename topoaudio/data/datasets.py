@@ -1,0 +1,322 @@
+"""Loaders for published audio datasets, read from a directory you name (nothing is ever downloaded).
+
+Every item is ``(waveform, label)``: waveform float32 [round(sr * seconds)], mono at ``sr`` (20 kHz by
+default), read with soundfile, resampled with torchaudio when the file's rate differs, fitted to
+``seconds`` (centre crop of a longer clip, centre zero-padding of a shorter one), demeaned and scaled to
+RMS 0.1 (a silent clip stays all zeros).
+
+Unreadable files are found lazily, when an item is loaded, so that construction stays as fast as listing
+a directory: a file that fails to decode is logged (warning naming it), appended to ``skipped``, never
+tried again by this dataset object, and replaced by the next readable item (index + 1, + 2, ..., wrapping
+around), so an epoch never dies on one bad file and the substitute is deterministic. DataLoader workers
+each hold a copy of the dataset, so ``skipped`` in the main process lists only what it loaded itself;
+``find_unreadable()`` decodes every file up front when you want the full list.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+
+TARGET_RMS = 0.1
+log = logging.getLogger(__name__)
+
+# What a decoder raises for a corrupt, truncated or vanished file (soundfile's errors are RuntimeErrors).
+_DECODE_ERRORS = (RuntimeError, OSError, ValueError)
+
+
+# --- one clip ----------------------------------------------------------------------------------------
+
+def normalise(waveform: torch.Tensor) -> torch.Tensor:
+    """Demean and scale to RMS 0.1; an all-zero (or constant) clip comes back as zeros, never NaN."""
+    waveform = waveform - waveform.mean()
+    rms = waveform.pow(2).mean().sqrt()
+    return waveform * (TARGET_RMS / rms) if rms > 0 else torch.zeros_like(waveform)
+
+
+def fit_length(waveform: torch.Tensor, samples: int, position: float = 0.5) -> torch.Tensor:
+    """Crop or zero-pad [n] to [samples]. `position` in [0, 1] says where: 0 keeps (or puts) the clip at
+    the start, 1 at the end, 0.5 in the centre."""
+    slack = waveform.shape[0] - samples
+    offset = int(round(position * abs(slack)))
+    if slack >= 0:
+        return waveform[offset:offset + samples]
+    return torch.nn.functional.pad(waveform, (offset, -slack - offset))
+
+
+def load_clip(path: str | Path, sr: int = 20000, seconds: float = 2.0, position: float = 0.5) -> torch.Tensor:
+    """Read an audio file as float32 [round(sr * seconds)]: mono, resampled to `sr`, fitted by
+    `fit_length(..., position)`, normalised. Raises whatever soundfile raises for an unreadable file."""
+    audio, file_sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    waveform = torch.from_numpy(audio.mean(axis=1))
+    if file_sr != sr and waveform.numel() > 0:
+        waveform = torchaudio.functional.resample(waveform, int(file_sr), int(sr))
+    return normalise(fit_length(waveform, int(round(sr * seconds)), position))
+
+
+def _check_format(sr, seconds) -> tuple[int, float]:
+    if int(sr) != sr or sr <= 0:
+        raise ValueError(f"sr must be a positive integer sample rate in Hz, got {sr!r}")
+    if not seconds > 0 or round(sr * seconds) < 1:
+        raise ValueError(f"seconds must be > 0 (and give at least one sample), got {seconds!r}")
+    return int(sr), float(seconds)
+
+
+def _require(path: Path, layout: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; expected {layout}")
+
+
+# --- shared dataset machinery ------------------------------------------------------------------------
+
+class AudioFileDataset(torch.utils.data.Dataset):
+    """A list of (path, label) read as normalised fixed-length clips, skipping unreadable files (see the
+    module docstring). Items: (waveform float32 [round(sr * seconds)], label int)."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], classes: Sequence[str], sr: int = 20000,
+                 seconds: float = 2.0, description: str = "audio files"):
+        self.sr, self.seconds = _check_format(sr, seconds)
+        self.items = [(Path(path), int(label)) for path, label in items]
+        if not self.items:
+            raise FileNotFoundError(f"no {description} found")
+        self.classes = tuple(classes)
+        self.skipped: list[Path] = []
+        self._unreadable: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every file, without decoding anything."""
+        return [label for _, label in self.items]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        waveform, used = self.load(index)
+        return waveform, self.items[used][1]
+
+    def load(self, index: int, position: float = 0.5) -> tuple[torch.Tensor, int]:
+        """Waveform [round(sr * seconds)] of item `index`, or of the next readable item if that file
+        fails to decode; also returns the index actually used."""
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        for step in range(len(self.items)):
+            candidate = (int(index) + step) % len(self.items)
+            if candidate in self._unreadable:
+                continue
+            path = self.items[candidate][0]
+            try:
+                return load_clip(path, self.sr, self.seconds, position), candidate
+            except _DECODE_ERRORS as error:
+                self._unreadable.add(candidate)
+                self.skipped.append(path)
+                log.warning("skipping unreadable audio file %s (%s)", path, error)
+        raise RuntimeError(f"none of the {len(self.items)} audio files could be read (first: "
+                           f"{self.items[0][0]})")
+
+    def find_unreadable(self) -> list[Path]:
+        """Decode every file once (slow: a full pass) and return those that fail; they join `skipped`."""
+        for index in range(len(self.items)):
+            if index not in self._unreadable:
+                try:
+                    soundfile.read(str(self.items[index][0]))
+                except _DECODE_ERRORS as error:
+                    self._unreadable.add(index)
+                    self.skipped.append(self.items[index][0])
+                    log.warning("skipping unreadable audio file %s (%s)", self.items[index][0], error)
+        return [self.items[index][0] for index in sorted(self._unreadable)]
+
+
+# --- Speech Commands ---------------------------------------------------------------------------------
+
+SPEECH_COMMANDS_LAYOUT = ("root/<word>/<speaker>_nohash_<k>.wav with root/validation_list.txt and "
+                          "root/testing_list.txt listing word/file.wav paths (Speech Commands v2 layout)")
+
+
+def _read_list(path: Path) -> set[str]:
+    with open(path) as handle:
+        return {line.strip().replace("\\", "/") for line in handle if line.strip()}
+
+
+class SpeechCommands(AudioFileDataset):
+    """Speech Commands v2: label = index of the word in sorted word directories (`classes`).
+    `subset`: "validation" and "testing" are the clips listed in root/validation_list.txt and
+    root/testing_list.txt; "training" is every other clip. `_background_noise_` is not a class."""
+
+    SUBSETS = ("training", "validation", "testing")
+
+    def __init__(self, root: str | Path, subset: str = "training", sr: int = 20000, seconds: float = 2.0):
+        root = Path(root)
+        if subset not in self.SUBSETS:
+            raise ValueError(f"subset must be one of {self.SUBSETS}, got {subset!r}")
+        _require(root, SPEECH_COMMANDS_LAYOUT)
+        listed = {}
+        for name in ("validation", "testing"):
+            _require(root / f"{name}_list.txt", SPEECH_COMMANDS_LAYOUT)
+            listed[name] = _read_list(root / f"{name}_list.txt")
+        # "_background_noise_" (and hidden folders) are not words
+        words = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name[0] not in "_.")
+        items = []
+        for label, word in enumerate(words):
+            for path in sorted((root / word).glob("*.wav")):
+                relative = f"{word}/{path.name}"
+                which = ("validation" if relative in listed["validation"]
+                         else "testing" if relative in listed["testing"] else "training")
+                if which == subset:
+                    items.append((path, label))
+        self.root, self.subset = root, subset
+        super().__init__(items, words, sr, seconds, f"{subset} clips under {root}; expected "
+                                                    f"{SPEECH_COMMANDS_LAYOUT}")
+
+    def speaker(self, index: int) -> str:
+        """Speaker id of file `index`: the part of "<speaker>_nohash_<k>.wav" before "_nohash_"."""
+        return self.items[index][0].name.split("_nohash_")[0]
+
+
+# --- ESC-50 ------------------------------------------------------------------------------------------
+
+ESC50_LAYOUT = ("root/audio/*.wav and root/meta/esc50.csv with header "
+                "filename,fold,target,category,esc10,src_file,take (ESC-50 layout)")
+
+
+class ESC50(AudioFileDataset):
+    """ESC-50 environmental sounds: label = `target` (0..49), `classes[target]` = its `category`.
+    `folds`: which of the five cross-validation folds to include."""
+
+    def __init__(self, root: str | Path, folds: Sequence[int] = (1, 2, 3, 4, 5), sr: int = 20000,
+                 seconds: float = 2.0):
+        root = Path(root)
+        folds = {int(fold) for fold in folds}
+        if not folds or not folds <= {1, 2, 3, 4, 5}:
+            raise ValueError(f"folds must be a non-empty subset of 1..5, got {sorted(folds)}")
+        for path in (root, root / "meta" / "esc50.csv", root / "audio"):
+            _require(path, ESC50_LAYOUT)
+        with open(root / "meta" / "esc50.csv", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"filename", "fold", "target", "category"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{root / 'meta' / 'esc50.csv'} lacks columns {sorted(missing)}; "
+                                 f"expected {ESC50_LAYOUT}")
+            rows = list(reader)
+        names = {int(row["target"]): row["category"] for row in rows}
+        classes = [names.get(target, f"target_{target}") for target in range(max(names, default=-1) + 1)]
+        items = [(root / "audio" / row["filename"], int(row["target"]))
+                 for row in rows if int(row["fold"]) in folds]
+        self.root, self.folds = root, tuple(sorted(folds))
+        super().__init__(items, classes, sr, seconds, f"clips of folds {self.folds} in {root}")
+
+
+# --- NSynth ------------------------------------------------------------------------------------------
+
+NSYNTH_LAYOUT = ("root/nsynth-<split>/audio/<note_str>.wav and root/nsynth-<split>/examples.json "
+                 "mapping note_str to its fields (NSynth layout)")
+
+
+class NSynth(AudioFileDataset):
+    """NSynth notes: label = the integer field `target` of each note in examples.json (e.g.
+    "instrument_family", "instrument_source", "pitch"); `classes` come from the matching "<target>_str"
+    field when there is one, else the numbers themselves. `split`: "train", "valid" or "test"."""
+
+    SPLITS = ("train", "valid", "test")
+
+    def __init__(self, root: str | Path, split: str = "train", target: str = "instrument_family",
+                 sr: int = 20000, seconds: float = 2.0):
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        folder = root / f"nsynth-{split}"
+        for path in (root, folder / "examples.json", folder / "audio"):
+            _require(path, NSYNTH_LAYOUT)
+        with open(folder / "examples.json") as handle:
+            examples = json.load(handle)
+        if not examples:
+            raise FileNotFoundError(f"{folder / 'examples.json'} lists no notes; expected {NSYNTH_LAYOUT}")
+        fields = next(iter(examples.values()))
+        if not isinstance(fields.get(target), int):
+            usable = sorted(key for key, value in fields.items() if isinstance(value, int))
+            raise ValueError(f"target {target!r} is not an integer field of NSynth examples; "
+                             f"try one of {usable}")
+        items = [(folder / "audio" / f"{note}.wav", int(entry[target]))
+                 for note, entry in sorted(examples.items())]
+        names = {int(entry[target]): str(entry.get(f"{target}_str", entry[target]))
+                 for entry in examples.values()}
+        classes = [names.get(value, str(value)) for value in range(max(names) + 1)]
+        self.root, self.split, self.target = root, split, target
+        super().__init__(items, classes, sr, seconds, f"notes in {folder}")
+
+
+# --- speech in noise ---------------------------------------------------------------------------------
+
+class WordSpeakerNoise(torch.utils.data.Dataset):
+    """`size` mixtures of a Speech Commands word (label = word) with a background clip from any .wav file
+    under `noise_root` (searched recursively) at an SNR drawn uniformly from `snr_db`.
+
+    Item i is a pure function of (seed, i): the speech clips are visited in an order shuffled by `seed`
+    (item i uses clip order[i % clips], so every clip is used before any repeats); the noise file, the SNR,
+    where the word sits in the clip and which stretch of the noise is used come from
+    `numpy.random.default_rng([seed, i])`. SNR is the ratio of speech to noise power over the whole
+    clip (silence around the word included). If the speech is silent the item is the noise alone.
+    Items: (waveform float32 [round(sr * seconds)], RMS 0.1; label int). `item(i)` returns the parts too.
+    """
+
+    def __init__(self, speech_root: str | Path, noise_root: str | Path, size: int,
+                 snr_db: tuple[float, float] = (-5, 15), seed: int = 0, subset: str = "training",
+                 sr: int = 20000, seconds: float = 2.0):
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        low, high = snr_db
+        if not low <= high:
+            raise ValueError(f"snr_db must be (low, high) with low <= high, got {snr_db!r}")
+        self.speech = SpeechCommands(speech_root, subset, sr, seconds)
+        noise_root = Path(noise_root)
+        layout = "background .wav files anywhere under the noise root (searched recursively)"
+        _require(noise_root, layout)
+        noise_files = sorted(noise_root.rglob("*.wav"))
+        self.noise = AudioFileDataset([(path, -1) for path in noise_files], (), sr, seconds,
+                                      f".wav files under {noise_root}; expected {layout}")
+        self.size, self.seed, self.snr_db = int(size), int(seed), (float(low), float(high))
+        self.sr, self.seconds, self.classes = self.speech.sr, self.speech.seconds, self.speech.classes
+        self._speech_order = np.random.default_rng([self.seed]).permutation(len(self.speech))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def skipped(self) -> list[Path]:
+        return self.speech.skipped + self.noise.skipped
+
+    def item(self, index: int) -> dict:
+        """Item `index` with its parts: "waveform" = "speech" + "noise" (each float32 [samples], scaled
+        together so the sum has RMS 0.1), "label", "speaker", "snr_db", "speech_path", "noise_path"."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} items")
+        rng = np.random.default_rng([self.seed, int(index)])
+        snr = rng.uniform(*self.snr_db)
+        noise_choice = int(rng.integers(len(self.noise)))
+        speech_position, noise_position = rng.uniform(size=2)
+        speech, used = self.speech.load(int(self._speech_order[index % len(self.speech)]), speech_position)
+        noise, noise_used = self.noise.load(noise_choice, noise_position)
+        speech_power, noise_power = speech.pow(2).mean(), noise.pow(2).mean()
+        if speech_power > 0 and noise_power > 0:
+            noise = noise * torch.sqrt(speech_power / (noise_power * 10 ** (snr / 10)))
+        mixture = speech + noise
+        rms = mixture.pow(2).mean().sqrt()
+        gain = TARGET_RMS / rms if rms > 0 else 0.0
+        return {"waveform": mixture * gain, "speech": speech * gain, "noise": noise * gain,
+                "label": self.speech.items[used][1], "speaker": self.speech.speaker(used), "snr_db": snr,
+                "speech_path": self.speech.items[used][0], "noise_path": self.noise.items[noise_used][0]}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        parts = self.item(index)
+        return parts["waveform"], parts["label"]
+
+    def speaker(self, index: int) -> str:
+        """Speaker id of item `index` (decodes the item, since an unreadable clip is replaced)."""
+        return self.item(index)["speaker"]
