@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD_INPUTS := requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 
-.PHONY: demo test bench lint clean wheels
+.PHONY: train demo test bench lint clean wheels
 
 $(STAMP): $(BUILD_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): $(BUILD_INPUTS)
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=1 train.py
 
 demo: $(STAMP)
 	$(PY) -m topoaudio.demo --out outputs

@@ -34,6 +34,10 @@ def test_parse_args_layers_file_and_command_line(tmp_path):
                                  "--topo_layers", "block2,block4", "--resume"])
     assert (config.steps, config.lr, config.amp, resume) == (9, 0.1, False, True)
     assert config.topo_layers == ["block2", "block4"]
+    config, _ = parse_args(["--topo_layers", "block2,block4", "--layer_weights", "1,0.5"])
+    assert config.layer_weights == [1.0, 0.5]
+    with pytest.raises(ValueError, match="layer_weights has 1 values for 2 topo_layers"):
+        parse_args(["--topo_layers", "block2,block4", "--layer_weights", "2"])
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):
@@ -160,6 +164,14 @@ def test_topoloss_training_logs_each_layer(tmp_path):
     final = train(tiny(tmp_path, steps=2, topo="topoloss", tau=10.0))
     assert set(final["topo"]) == {"block2", "block3", "block4"}
     assert all(value > 0 for value in final["topo"].values())
+
+
+def test_layer_weights_scale_each_layers_spatial_term(tmp_path):
+    plain = train(tiny(tmp_path, "plain", steps=1))
+    weighted = train(tiny(tmp_path, "weighted", steps=1, layer_weights=[1.0, 0.0, 2.0]))
+    assert weighted["topo"]["block3"] == 0.0
+    assert weighted["topo"]["block2"] == pytest.approx(plain["topo"]["block2"], rel=1e-6)
+    assert weighted["topo"]["block4"] == pytest.approx(2 * plain["topo"]["block4"], rel=1e-6)
 
 
 def test_two_process_ddp_on_cpu(tmp_path):

@@ -24,7 +24,7 @@ class TrainConfig:
     val_size: int = 384
     clip_seconds: float = 2.0
     # optimisation
-    steps: int = 500
+    steps: int = 800
     batch_size: int = 16  # global batch, split evenly across ranks
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 2e-3
@@ -41,6 +41,7 @@ class TrainConfig:
     sheet: str = "channel_freq"  # channel_freq | channels
     sheet_size_mm: float = 10.0
     alpha: float = 0.25  # spatial-loss weight per layer (TDANN)
+    layer_weights: list[float] = field(default_factory=list)  # per-layer alpha or tau; [] = uniform
     spatial_kind: str = "relative"
     neighbourhood: int = 0  # 0: whole sheet; k > 0: TDANN-style random neighbourhood of k units
     tau: float = 25.0  # TopoLoss weight per layer
@@ -50,7 +51,7 @@ class TrainConfig:
     # bookkeeping
     out: str = ""  # run directory; default runs/<model>-<topo>-<time>
     log_every: int = 10
-    eval_every: int = 250
+    eval_every: int = 400
     checkpoint_every: int = 100
     num_workers: int = 0
     amp: bool = True  # bf16 autocast on GPU
@@ -63,6 +64,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+        if self.layer_weights and len(self.layer_weights) != len(self.topo_layers):
+            raise ValueError(f"layer_weights has {len(self.layer_weights)} values for "
+                             f"{len(self.topo_layers)} topo_layers {self.topo_layers}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("need steps >= 1 and batch_size >= 2 (correlations need 2 samples)")
 
@@ -84,7 +88,8 @@ def _convert(name: str, text: str, kind):
                 return False
             raise ValueError(text)
         if typing.get_origin(kind) is list:
-            return [item for item in text.split(",") if item]
+            (item_kind,) = typing.get_args(kind)
+            return [item_kind(item) for item in text.split(",") if item]
         return kind(text)
     except ValueError:
         raise ValueError(f"--{name}: cannot read {text!r} as {getattr(kind, '__name__', kind)}") from None

@@ -59,6 +59,21 @@ def batch_indices(step: int, config: TrainConfig, n_items: int, rank: int, world
     return indices[rank * per_rank:(rank + 1) * per_rank]
 
 
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler yielding this rank's indices for steps start..steps-1, so a DataLoader with
+    workers prefetches exactly the batches a resumed run would read."""
+
+    def __init__(self, config: TrainConfig, n_items: int, rank: int, world: int, start: int):
+        self.config, self.n_items, self.rank, self.world, self.start = config, n_items, rank, world, start
+
+    def __iter__(self):
+        for step in range(self.start, self.config.steps):
+            yield batch_indices(step, self.config, self.n_items, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return self.config.steps - self.start
+
+
 def _lr_lambda(config: TrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -140,10 +155,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                     unit="step", dynamic_ncols=True)
     last: dict = {}
     model.train()
-    for step in range(start_step, config.steps):
-        tic = time.perf_counter()
-        waveforms, labels = collate([train_set[i] for i in batch_indices(step, config, len(train_set),
-                                                                         rank, world)])
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=StepBatches(config, len(train_set), rank, world, start_step),
+        num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    tic = time.perf_counter()
+    for step, (waveforms, labels) in zip(range(start_step, config.steps), loader):
         waveforms, labels = waveforms.to(device), labels.to(device)
         with autocast, tapped(model, topo.layers) as features:
             logits = ddp_model(waveforms)
@@ -175,6 +191,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                                             "chance": 1 / len(train_set.classes)})
         if done % config.checkpoint_every == 0 or done == config.steps:
             _save(config, model, optimizer, scheduler, topo, done, ckpt_path, rank, world)
+        tic = time.perf_counter()  # throughput counts the step, not evaluation or checkpointing
     progress.close()
     return last
 

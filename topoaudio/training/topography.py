@@ -54,8 +54,9 @@ class TopographicLosses:
                 self.sheets[layer] = sheet
             self.layers = list(self.sheets)
         else:
+            taus = {layer: config.tau * weight for layer, weight in zip(self.layers, self._weights())}
             self.topoloss = TopoLoss({layer: _output_weights(names[layer]) for layer in self.layers},
-                                     tau=config.tau, phi=config.phi)
+                                     tau=taus, phi=config.phi)
             self.layers = []  # TopoLoss reads weights, not activations
 
     @staticmethod
@@ -78,15 +79,18 @@ class TopographicLosses:
             return scale * total, {name: scale * value for name, value in per_layer.items()}
         terms = {}
         total = torch.zeros((), device=self.device)
-        for layer, sheet in self.sheets.items():
+        for (layer, sheet), weight in zip(self.sheets.items(), self._weights()):
             responses = sheet.responses(features[layer])
             positions = sheet.positions.to(responses.device)
             if config.neighbourhood > 0:
                 responses, positions = self._neighbourhood(responses, positions, layer, step)
-            value = config.alpha * spatial_loss(responses, positions, kind=config.spatial_kind)
+            value = config.alpha * weight * spatial_loss(responses, positions, kind=config.spatial_kind)
             terms[layer] = value.detach()
             total = total + value
         return total, terms
+
+    def _weights(self) -> list[float]:
+        return list(self.config.layer_weights) or [1.0] * len(self.config.topo_layers)
 
     def _neighbourhood(self, responses, positions, layer, step):
         """TDANN's sampling: the k units nearest a random unit, drawn from (seed, step, layer)."""
