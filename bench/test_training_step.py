@@ -40,9 +40,34 @@ def test_training_step(benchmark, topo):
 
     step()
     benchmark.group = f"training step {MODEL} batch {BATCH} {DEVICE}"
-    benchmark.pedantic(step, rounds=5, iterations=1)
+    benchmark.pedantic(step, rounds=10, iterations=1)
     units = {layer: sheet.n_units for layer, sheet in losses.sheets.items()}
     benchmark.extra_info.update(device=DEVICE, batch=BATCH, peak_mb=0.0, units=units,
                                 clips_per_s=BATCH / benchmark.stats.stats.median)
     print(f"\ntraining step {MODEL} topo={topo:9s}: {benchmark.stats.stats.median * 1e3:8.1f} ms  "
           f"units per layer {units}")
+
+
+@pytest.mark.parametrize("topo", ["spatial", "topoloss"])
+def test_topographic_term_alone(benchmark, topo):
+    """The topographic term by itself (forward + backward to the activations or weights): the
+    step-to-step noise of a whole training step is larger than this cost, so it is timed apart."""
+    config = TrainConfig(model=MODEL, topo=topo, topo_layers=LAYERS, batch_size=BATCH)
+    torch.manual_seed(0)
+    model = build_model(MODEL, 12).to(DEVICE)
+    losses = TopographicLosses(config, model, torch.device(DEVICE), clip_samples=40000)
+    with torch.no_grad(), tapped(model, LAYERS) as features:
+        model(0.1 * torch.randn(BATCH, 40000, device=DEVICE))
+    leaves = {name: value.detach().requires_grad_(True) for name, value in features.items()}
+
+    def step():
+        total, _ = losses(leaves, 0)
+        total.backward()
+        synchronize(DEVICE)
+
+    step()
+    benchmark.group = f"topographic term alone {MODEL} batch {BATCH} {DEVICE}"
+    benchmark.pedantic(step, rounds=10, iterations=1)
+    benchmark.extra_info.update(device=DEVICE, batch=BATCH, peak_mb=0.0,
+                                clips_per_s=BATCH / benchmark.stats.stats.median)
+    print(f"\ntopographic term alone {topo:9s}: {benchmark.stats.stats.median * 1e3:8.2f} ms")
