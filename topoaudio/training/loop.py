@@ -159,7 +159,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         train_set, batch_sampler=StepBatches(config, len(train_set), rank, world, start_step),
         num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
     tic = time.perf_counter()
-    for step, (waveforms, labels) in zip(range(start_step, config.steps), loader):
+    for step, (waveforms, labels) in zip(range(start_step, config.steps), loader, strict=True):
         waveforms, labels = waveforms.to(device), labels.to(device)
         with autocast, tapped(model, topo.layers) as features:
             logits = ddp_model(waveforms)

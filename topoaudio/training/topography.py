@@ -54,7 +54,8 @@ class TopographicLosses:
                 self.sheets[layer] = sheet
             self.layers = list(self.sheets)
         else:
-            taus = {layer: config.tau * weight for layer, weight in zip(self.layers, self._weights())}
+            weights = zip(self.layers, self._weights(), strict=True)
+            taus = {layer: config.tau * weight for layer, weight in weights}
             self.topoloss = TopoLoss({layer: _output_weights(names[layer]) for layer in self.layers},
                                      tau=taus, phi=config.phi)
             self.layers = []  # TopoLoss reads weights, not activations
@@ -79,7 +80,9 @@ class TopographicLosses:
             return scale * total, {name: scale * value for name, value in per_layer.items()}
         terms = {}
         total = torch.zeros((), device=self.device)
-        for (layer, sheet), weight in zip(self.sheets.items(), self._weights()):
+        if config.topo == "none":
+            return total, terms
+        for (layer, sheet), weight in zip(self.sheets.items(), self._weights(), strict=True):
             responses = sheet.responses(features[layer])
             positions = sheet.positions.to(responses.device)
             if config.neighbourhood > 0:
