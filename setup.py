@@ -67,5 +67,6 @@ setup(
     extras_require={"test": ["pytest", "pytest-benchmark", "scipy"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["topoaudio-demo=topoaudio.demo:main"]},
+    entry_points={"console_scripts": ["topoaudio=topoaudio.cli:main",
+                                      "topoaudio-demo=topoaudio.demo:main"]},
 )

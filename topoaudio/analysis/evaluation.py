@@ -1,0 +1,238 @@
+"""Measure trained checkpoints: tonotopy, amplitude-modulation and music/speech maps on each tapped
+layer's sheet, their smoothness (with shuffle nulls), Moran's I and patches, NH2015 component
+predictivity and RSA; figures, a metrics JSON and a Markdown report (docs/SCIENCE.md 6-7)."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from topoaudio.analysis.maps import plot_sheet_map, plot_smoothness_curve
+from topoaudio.analysis.stimuli import am_noise, log_spaced, pure_tones
+from topoaudio.analysis.topography import morans_i, patches, smoothness
+from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
+from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165
+from topoaudio.models import build_model, tapped
+from topoaudio.sheet import CorticalSheet, channel_freq_sheet, channels_sheet
+from topoaudio.training import checkpoint
+from topoaudio.training.config import TrainConfig
+
+TONE_FREQS = log_spaced(50.0, 8000.0, 40)
+AM_RATES = log_spaced(2.0, 256.0, 8)
+
+
+def _n_classes(model_state: dict) -> int:
+    for key in ("head.weight", "heads.out.weight"):
+        if key in model_state:
+            return int(model_state[key].shape[0])
+    raise ValueError("checkpoint has no single classification head (head.weight / heads.out.weight)")
+
+
+def load_trained(path) -> tuple[torch.nn.Module, dict, TrainConfig]:
+    """(model in eval mode, {layer: CorticalSheet}, config) from a training checkpoint. Layers without
+    a saved sheet (models trained with --topo none or topoloss) get the sheet the spatial loss would
+    have used (same kind, size and seed), so maps of all models are drawn on the same sheets."""
+    state = checkpoint.load(str(path))
+    try:
+        config = TrainConfig(**state["config"])
+    except TypeError as error:
+        raise ValueError(f"{path} was written by another topoaudio version: {error}") from None
+    model = build_model(config.model, _n_classes(state["model"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not match the {config.model} model of this version: "
+                         f"{str(error).splitlines()[0]}") from None
+    model.eval()
+    saved = {layer: CorticalSheet.from_state_dict(s) for layer, s in state.get("topography", {}).items()
+             if isinstance(s, dict) and "positions" in s}
+    with torch.no_grad(), tapped(model, config.topo_layers) as features:
+        model(0.1 * torch.randn(2, 40000))
+    sheets = {}
+    for index, layer in enumerate(config.topo_layers):
+        if layer in saved:
+            sheets[layer] = saved[layer]
+            continue
+        channels, freqs = features[layer].shape[1], features[layer].shape[2]
+        sheets[layer] = (channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
+                                            seed=config.seed + index)
+                         if config.sheet == "channel_freq" else channels_sheet(layer, channels))
+    return model, sheets, config
+
+
+@torch.no_grad()
+def layer_responses(model, sheets: dict, waveforms: torch.Tensor, device="cpu", batch_size: int = 16,
+                    desc: str = "stimuli") -> dict:
+    """{layer: unit responses [n_stimuli, N]} for every sheet, from one pass over the stimuli."""
+    model = model.to(device)
+    chunks: dict[str, list] = {layer: [] for layer in sheets}
+    for start in tqdm(range(0, len(waveforms), batch_size), desc=desc, leave=False):
+        batch = waveforms[start:start + batch_size].to(device)
+        with tapped(model, list(sheets)) as features:
+            model(batch)
+        for layer, sheet in sheets.items():
+            chunks[layer].append(sheet.responses(features[layer]).float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in chunks.items()}
+
+
+def _map_statistics(values, positions, shuffles: int, seed: int) -> dict:
+    result = smoothness(values, positions, n_shuffles=shuffles, seed=seed)
+    result["morans_i"] = morans_i(values, positions, weights="knn", k=8)
+    return result
+
+
+def _scalar(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _scalar(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scalar(v) for v in value]
+    return value
+
+
+def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100) -> dict:
+    """Every measurement for one checkpoint; figures under out_dir; returns the metrics."""
+    from topoaudio.brain import predict_components, rsa
+
+    model, sheets, config = load_trained(path)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tones = layer_responses(model, sheets, pure_tones(TONE_FREQS), device, desc="tones")
+    am = layer_responses(model, sheets, am_noise(AM_RATES), device, desc="AM noise")
+    natural = layer_responses(model, sheets, natsound.waveforms, device, desc="natural sounds")
+    predictivity = predict_components(natural, natsound.components)
+    metrics = {"checkpoint": str(path), "model": config.model, "topo": config.topo, "seed": config.seed,
+               "layers": {}}
+    for layer, sheet in tqdm(sheets.items(), desc="layers", leave=False):
+        positions = sheet.positions
+        maps = {
+            "tonotopy": (torch.log2(best_frequency(tones[layer], TONE_FREQS)), "log2 best frequency (Hz)"),
+            "am_rate": (torch.log2(best_rate(am[layer], AM_RATES)), "log2 best AM rate (Hz)"),
+            "music_vs_speech": (selectivity(natural[layer], natsound.categories, set(MUSIC), set(SPEECH)),
+                                "Welch t, music - speech"),
+        }
+        layer_metrics: dict = {"n_units": sheet.n_units}
+        for name, (values, label) in maps.items():
+            stats = _map_statistics(values, positions, shuffles, config.seed)
+            plot_sheet_map(values, positions, out / f"{layer}_{name}.png",
+                           f"{layer}: {name} ({config.topo}, seed {config.seed})",
+                           cmap="RdBu_r" if name == "music_vs_speech" else "viridis", label=label)
+            plot_smoothness_curve(stats, out / f"{layer}_{name}_smoothness.png",
+                                  f"{layer}: {name} smoothness", value_label=label)
+            layer_metrics[name] = {key: _scalar(stats[key]) for key in stats
+                                   if key in ("smoothness", "null_mean", "null_interval", "p_value",
+                                              "morans_i")}
+        t_map = maps["music_vs_speech"][0]
+        for kind, values in (("music", t_map), ("speech", -t_map)):
+            found = patches(values, positions, threshold=2.0)
+            layer_metrics[f"{kind}_patches"] = {"count": int(found["count"]),
+                                                "areas_mm2": _scalar(found["areas_mm2"])}
+        layer_metrics["component_r2"] = dict(zip(natsound.component_names,
+                                                 _scalar(predictivity[layer]["median_r2"]), strict=True))
+        layer_metrics["rsa_components"] = float(rsa(natural[layer], natsound.components))
+        metrics["layers"][layer] = layer_metrics
+    return metrics
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and spread per group (the topo setting) of every scalar, and Welch tests between two
+    groups: {measure: {group: {mean, sd, n}, "welch_t", "p"}}."""
+    from scipy import stats as scipy_stats
+
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["topo"], []).append(run)
+    measures: dict[str, dict[str, list[float]]] = {}
+    for group, members in groups.items():
+        for run in members:
+            for key, value in _flatten(run["layers"]).items():
+                measures.setdefault(key, {}).setdefault(group, []).append(value)
+    summary = {}
+    for key, by_group in measures.items():
+        entry = {g: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                     "n": len(v)} for g, v in by_group.items()}
+        names = sorted(by_group)
+        if len(names) == 2 and all(len(by_group[g]) >= 2 for g in names):
+            test = scipy_stats.ttest_ind(by_group[names[0]], by_group[names[1]], equal_var=False)
+            entry["welch_t"] = float(test.statistic) if math.isfinite(test.statistic) else 0.0
+            entry["p"] = float(test.pvalue) if math.isfinite(test.pvalue) else 1.0
+            entry["compared"] = names
+        summary[key] = entry
+    return summary
+
+
+def _flatten(layers: dict) -> dict:
+    flat = {}
+    for layer, values in layers.items():
+        for name in ("tonotopy", "am_rate", "music_vs_speech"):
+            flat[f"{layer}/{name}/smoothness"] = values[name]["smoothness"]
+            flat[f"{layer}/{name}/morans_i"] = values[name]["morans_i"]
+        for kind in ("music", "speech"):
+            flat[f"{layer}/{kind}_patches"] = values[f"{kind}_patches"]["count"]
+        for component, r2 in values["component_r2"].items():
+            flat[f"{layer}/r2_{component}"] = r2
+    return flat
+
+
+def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
+    """report.md: one table per checkpoint with its figures beside it, then the group comparison."""
+    out = pathlib.Path(out_dir)
+    lines = ["# topoaudio evaluation", "",
+             "Read the maps against each other, not against zero: on `channel_freq` sheets the frequency "
+             "rows of a conv map are laid along the sheet's y axis by construction, so some tonotopy "
+             "along y exists in every model, topographic or not. Smoothness is reported with the 95 % "
+             "interval of the same statistic after shuffling the map across units.", ""]
+    for index, run in enumerate(runs):
+        lines += [f"## {run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})", "",
+                  "| layer | units | tonotopy smooth. (null 95 %) | AM smooth. | music/speech smooth. | "
+                  "Moran's I (BF) | music / speech patches | median R² speech | median R² music |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for layer, m in run["layers"].items():
+            tono = m["tonotopy"]
+            null = tono.get("null_interval", [float("nan")] * 2)
+            lines.append(f"| {layer} | {m['n_units']} | {tono['smoothness']:.3f} ({null[0]:.3f}-{null[1]:.3f})"
+                         f" | {m['am_rate']['smoothness']:.3f} | {m['music_vs_speech']['smoothness']:.3f} | "
+                         f"{tono['morans_i']:.3f} | {m['music_patches']['count']} / "
+                         f"{m['speech_patches']['count']} | {m['component_r2'].get('speech', float('nan')):.3f}"
+                         f" | {m['component_r2'].get('music', float('nan')):.3f} |")
+        lines.append("")
+        for layer in run["layers"]:
+            images = " ".join(f"![{layer} {name}](run{index}/{layer}_{name}.png)"
+                              for name in ("tonotopy", "am_rate", "music_vs_speech"))
+            lines += [images, ""]
+    if len(runs) > 1:
+        lines += ["## Across checkpoints (mean ± sd; Welch t-test between two groups)", "",
+                  "| measure | groups | t | p |", "|---|---|---:|---:|"]
+        for key, entry in summary.items():
+            groups = "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
+                               for g, v in entry.items() if isinstance(v, dict))
+            lines.append(f"| {key} | {groups} | {entry.get('welch_t', float('nan')):.2f} | "
+                         f"{entry.get('p', float('nan')):.3g} |")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def evaluate(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
+    """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md."""
+    from topoaudio.data.natsound165 import load_natsound165
+
+    paths = [pathlib.Path(p) for p in checkpoints]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {missing}")
+    natsound = load_natsound165(natsound_dir)
+    out = pathlib.Path(out_dir)
+    runs = [evaluate_checkpoint(path, natsound, out / f"run{index}", device, shuffles)
+            for index, path in enumerate(tqdm(paths, desc="checkpoints"))]
+    summary = summarise(runs)
+    (out / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    report = write_report(out, runs, summary)
+    return {"runs": runs, "summary": summary, "report": str(report)}
