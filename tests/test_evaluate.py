@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-
 from conftest import shared_dir
+
 from topoaudio import evaluate as evaluate_command
 from topoaudio.data.natsound165 import load_natsound165
 from topoaudio.training import checkpoint, train

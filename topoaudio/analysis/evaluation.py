@@ -197,11 +197,12 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
         for layer, m in run["layers"].items():
             tono = m["tonotopy"]
             null = tono.get("null_interval", [float("nan")] * 2)
-            lines.append(f"| {layer} | {m['n_units']} | {tono['smoothness']:.3f} ({null[0]:.3f}-{null[1]:.3f})"
-                         f" | {m['am_rate']['smoothness']:.3f} | {m['music_vs_speech']['smoothness']:.3f} | "
-                         f"{tono['morans_i']:.3f} | {m['music_patches']['count']} / "
-                         f"{m['speech_patches']['count']} | {m['component_r2'].get('speech', float('nan')):.3f}"
-                         f" | {m['component_r2'].get('music', float('nan')):.3f} |")
+            r2 = m["component_r2"]
+            lines.append(f"| {layer} | {m['n_units']} | {tono['smoothness']:.3f} "
+                         f"({null[0]:.3f}-{null[1]:.3f}) | {m['am_rate']['smoothness']:.3f} | "
+                         f"{m['music_vs_speech']['smoothness']:.3f} | {tono['morans_i']:.3f} | "
+                         f"{m['music_patches']['count']} / {m['speech_patches']['count']} | "
+                         f"{r2.get('speech', float('nan')):.3f} | {r2.get('music', float('nan')):.3f} |")
         lines.append("")
         for layer in run["layers"]:
             images = " ".join(f"![{layer} {name}](run{index}/{layer}_{name}.png)"
