@@ -121,9 +121,13 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
         layer_metrics: dict = {"n_units": sheet.n_units}
         for name, (values, label) in maps.items():
             stats = _map_statistics(values, positions, shuffles, config.seed)
+            diverging = name == "music_vs_speech"
+            # a diverging map is centred on t = 0, so white means "no preference", not "mid-range"
+            limit = float(values[torch.isfinite(values)].abs().max()) if diverging else None
             plot_sheet_map(values, positions, out / f"{layer}_{name}.png",
                            f"{layer}: {name} ({config.topo}, seed {config.seed})",
-                           cmap="RdBu_r" if name == "music_vs_speech" else "viridis", label=label)
+                           cmap="RdBu_r" if diverging else "viridis", label=label,
+                           vmin=-limit if diverging else None, vmax=limit)
             plot_smoothness_curve(stats, out / f"{layer}_{name}_smoothness.png",
                                   f"{layer}: {name} smoothness", value_label=label)
             layer_metrics[name] = {key: _scalar(stats[key]) for key in stats
