@@ -51,7 +51,11 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, tmp_path):
     assert all(0.0 <= value <= 1.0 for value in layer["component_r2"].values())
     assert -1.0 <= layer["tonotopy"]["morans_i"] <= 1.0
     comparison = metrics["summary"]["block3/tonotopy/smoothness"]
-    assert comparison["compared"] == ["none", "spatial"] and "p" in comparison
+    assert comparison["compared"] == ["none", "spatial"] and 0.0 <= comparison["p"] <= 1.0
+    from topoaudio.analysis.evaluation import summarise
+
+    constant = [{"topo": topo, "layers": metrics["runs"][0]["layers"]} for topo in ("a", "a", "b", "b")]
+    assert summarise(constant)["block2/music_patches"]["welch_t"] is None  # no spread: undefined
     report = (tmp_path / "report.md").read_text()
     assert "Welch" in report and "run3/block4_music_vs_speech.png" in report
     for name in ("tonotopy", "am_rate", "music_vs_speech"):

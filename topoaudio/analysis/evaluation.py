@@ -4,7 +4,6 @@ predictivity and RSA; figures, a metrics JSON and a Markdown report (docs/SCIENC
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 
 import numpy as np
@@ -164,10 +163,12 @@ def summarise(runs: list[dict]) -> dict:
                      "n": len(v)} for g, v in by_group.items()}
         names = sorted(by_group)
         if len(names) == 2 and all(len(by_group[g]) >= 2 for g in names):
-            test = scipy_stats.ttest_ind(by_group[names[0]], by_group[names[1]], equal_var=False)
-            entry["welch_t"] = float(test.statistic) if math.isfinite(test.statistic) else 0.0
-            entry["p"] = float(test.pvalue) if math.isfinite(test.pvalue) else 1.0
-            entry["compared"] = names
+            entry["compared"] = names  # t = (first - second) / standard error
+            if any(np.std(by_group[g]) > 0 for g in names):
+                test = scipy_stats.ttest_ind(by_group[names[0]], by_group[names[1]], equal_var=False)
+                entry["welch_t"], entry["p"] = float(test.statistic), float(test.pvalue)
+            else:  # no spread within either group: the t statistic is undefined, not 0
+                entry["welch_t"] = entry["p"] = None
         summary[key] = entry
     return summary
 
@@ -214,12 +215,14 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
             lines += [images, ""]
     if len(runs) > 1:
         lines += ["## Across checkpoints (mean ± sd; Welch t-test between two groups)", "",
+                  "t = (first group - second group) / standard error; n/a where neither group varies.", "",
                   "| measure | groups | t | p |", "|---|---|---:|---:|"]
         for key, entry in summary.items():
             groups = "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
                                for g, v in entry.items() if isinstance(v, dict))
-            lines.append(f"| {key} | {groups} | {entry.get('welch_t', float('nan')):.2f} | "
-                         f"{entry.get('p', float('nan')):.3g} |")
+            t, p = entry.get("welch_t"), entry.get("p")
+            lines.append(f"| {key} | {groups} | {'n/a' if t is None else f'{t:.2f}'} | "
+                         f"{'n/a' if p is None else f'{p:.3g}'} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
