@@ -19,18 +19,12 @@ SR = 20000
 
 
 def load_wav(path: str) -> np.ndarray:
-    import soundfile
-    import torchaudio.functional
+    """The first 2 s of an audio file at 20 kHz, mono, RMS 0.1 (padded if shorter)."""
+    from topoaudio.data import load_clip
 
     if not os.path.isfile(path):
         raise SystemExit(f"no such audio file: {path}")
-    audio, sr = soundfile.read(path, dtype="float64", always_2d=True)
-    audio = torch.from_numpy(audio.mean(axis=1))
-    if sr != SR:
-        audio = torchaudio.functional.resample(audio, sr, SR)
-    audio = audio[: 2 * SR].numpy()
-    audio = audio - audio.mean()
-    return audio * (0.1 / max(np.sqrt(np.mean(audio ** 2)), 1e-12))
+    return load_clip(path, SR, 2.0, position=0.0).double().numpy()
 
 
 def save_figure(waveform: np.ndarray, coch: np.ndarray, path: str, title: str) -> None:

@@ -16,9 +16,10 @@ from topoaudio.analysis.topography import morans_i, patches, smoothness
 from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
 from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165
 from topoaudio.models import build_model, tapped
-from topoaudio.sheet import CorticalSheet, channel_freq_sheet, channels_sheet
+from topoaudio.sheet import CorticalSheet
 from topoaudio.training import checkpoint
 from topoaudio.training.config import TrainConfig
+from topoaudio.training.topography import build_sheets
 
 TONE_FREQS = log_spaced(50.0, 8000.0, 40)
 AM_RATES = log_spaced(2.0, 256.0, 8)
@@ -49,17 +50,8 @@ def load_trained(path) -> tuple[torch.nn.Module, dict, TrainConfig]:
     model.eval()
     saved = {layer: CorticalSheet.from_state_dict(s) for layer, s in state.get("topography", {}).items()
              if isinstance(s, dict) and "positions" in s}
-    with torch.no_grad(), tapped(model, config.topo_layers) as features:
-        model(0.1 * torch.randn(2, 40000))
-    sheets = {}
-    for index, layer in enumerate(config.topo_layers):
-        if layer in saved:
-            sheets[layer] = saved[layer]
-            continue
-        channels, freqs = features[layer].shape[1], features[layer].shape[2]
-        sheets[layer] = (channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
-                                            seed=config.seed + index)
-                         if config.sheet == "channel_freq" else channels_sheet(layer, channels))
+    sheets = build_sheets(config, model, clip_samples=40000)
+    sheets.update(saved)
     return model, sheets, config
 
 

@@ -25,6 +25,26 @@ def _output_weights(module: nn.Module) -> nn.Module:
     return weighted[-1]
 
 
+@torch.no_grad()
+def build_sheets(config: TrainConfig, model: nn.Module, clip_samples: int) -> dict:
+    """{layer: CorticalSheet} for config.topo_layers, sized from one probe forward pass. Training and
+    evaluation both call this, so a model is mapped on the sheet its spatial loss used (or would
+    have used)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with tapped(model, config.topo_layers) as features:
+        model(0.1 * torch.randn(2, clip_samples, device=device))
+    model.train(was_training)
+    sheets = {}
+    for index, layer in enumerate(config.topo_layers):
+        channels, freqs = features[layer].shape[1], features[layer].shape[2]
+        sheets[layer] = (channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
+                                            seed=config.seed + index)
+                         if config.sheet == "channel_freq" else channels_sheet(layer, channels))
+    return sheets
+
+
 class TopographicLosses:
     """Call with the tapped features of a forward pass and the step: (total, {layer: value})."""
 
@@ -43,15 +63,7 @@ class TopographicLosses:
             raise ValueError(f"topo_layers {unknown} are not layers of {config.model}; its taps are "
                              f"{list(getattr(model, 'tap_names', []))}")
         if config.topo == "spatial":
-            shapes = self._tap_shapes(model, clip_samples)
-            for index, layer in enumerate(self.layers):
-                channels, freqs = shapes[layer][1], shapes[layer][2]
-                if config.sheet == "channel_freq":
-                    sheet = channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
-                                               seed=config.seed + index)
-                else:
-                    sheet = channels_sheet(layer, channels)
-                self.sheets[layer] = sheet
+            self.sheets = build_sheets(config, model, clip_samples)
             self.layers = list(self.sheets)
         else:
             weights = zip(self.layers, self._weights(), strict=True)
@@ -59,17 +71,6 @@ class TopographicLosses:
             self.topoloss = TopoLoss({layer: _output_weights(names[layer]) for layer in self.layers},
                                      tau=taus, phi=config.phi)
             self.layers = []  # TopoLoss reads weights, not activations
-
-    @staticmethod
-    @torch.no_grad()
-    def _tap_shapes(model: nn.Module, clip_samples: int) -> dict:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        with tapped(model, model.tap_names) as features:
-            model(0.1 * torch.randn(2, clip_samples, device=device))
-        model.train(was_training)
-        return {name: tuple(value.shape) for name, value in features.items()}
 
     def __call__(self, features: dict, step: int):
         config = self.config
