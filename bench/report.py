@@ -48,12 +48,13 @@ def main(path: str) -> None:
             speed = memory = "-"
             if reference is not None:
                 speed = f"{reference['stats']['median'] / median:.2f}x"
-                if reference["extra_info"].get("peak_mb"):
+                if reference["extra_info"].get("peak_mb") and extra.get("peak_mb") is not None:
                     memory = f"{extra['peak_mb'] / reference['extra_info']['peak_mb']:.3f}"
             backend = _label(bench)
             rate = extra.get(rate_key, extra.get("tflops", float("nan")))
+            peak = "n/a" if extra.get("peak_mb") is None else f"{extra['peak_mb']:.0f}"
             print(f"| {backend} | {median * 1e3:.1f} | {rate:.{1 if rate_key == 'clips_per_s' else 3}f} "
-                  f"| {extra['peak_mb']:.0f} | {speed} | {memory} |")
+                  f"| {peak} | {speed} | {memory} |")
         print()
 
 

@@ -38,7 +38,7 @@ def test_voxel_predictivity(benchmark):
     assert torch.isfinite(result["r2_corrected"]).all()
     fits = len(LAYER_WIDTHS) * N_SPLITS * 4
     benchmark.extra_info.update(device=DEVICE, n_voxels=N_VOXELS, n_layers=len(LAYER_WIDTHS),
-                                n_splits=N_SPLITS, ridge_fits=fits, seconds=seconds, peak_mb=0.0)
+                                n_splits=N_SPLITS, ridge_fits=fits, seconds=seconds, peak_mb=None)
     print(f"\nvoxel predictivity {DEVICE}: {N_VOXELS} voxels x {N_SPLITS} splits x {len(LAYER_WIDTHS)} "
           f"layers x 4 fits, widths {LAYER_WIDTHS}: {seconds:.1f} s "
           f"({seconds / fits * 1e3:.0f} ms per fit of {N_VOXELS} voxels)")

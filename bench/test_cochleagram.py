@@ -37,7 +37,7 @@ def test_cochleagram(benchmark, backend, mode):
     benchmark.pedantic(step, rounds=5 if DEVICE == "cpu" else 20, iterations=1)
     median = benchmark.stats.stats.median
     peak = peak_memory_mb(["cochleagram", "--backend", backend, "--mode", mode, "--batch",
-                           str(BATCH), "--length", str(LENGTH), "--device", DEVICE])
+                           str(BATCH), "--length", str(LENGTH), "--device", DEVICE], step)
     benchmark.extra_info.update(device=DEVICE, batch=BATCH, clips_per_s=BATCH / median,
                                 peak_mb=peak)
     print(f"\ncochleagram {mode:16s} {backend:9s} {DEVICE} batch {BATCH}: "

@@ -208,6 +208,26 @@ def test_opcheck_on_the_registered_op():
     torch.library.opcheck(torch.ops.topoaudio.cochleagram.default, args)
 
 
+@needs_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_opcheck_on_cuda(backend):
+    waveform = (0.1 * torch.randn(2, 263, device="cuda")).requires_grad_(True)
+    args = (waveform, 4000, 4, 100.0, 1800.0, 2, 400, 41, True, 0.3, 1e-8, 5.0, backend)
+    torch.library.opcheck(torch.ops.topoaudio.cochleagram.default, args)
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_on_cuda():
+    module = ops.Cochleagram(**SMALL)
+    compiled = torch.compile(module, fullgraph=True)
+    waveform = (0.1 * torch.randn(2, 263, device="cuda")).requires_grad_(True)
+    out = compiled(waveform)
+    torch.testing.assert_close(out, module(waveform))
+    (grad,) = torch.autograd.grad(out.sum(), waveform)
+    (grad_eager,) = torch.autograd.grad(module(waveform).sum(), waveform)
+    torch.testing.assert_close(grad, grad_eager)
+
+
 def test_torch_compile_fullgraph():
     module = ops.Cochleagram(**SMALL)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")

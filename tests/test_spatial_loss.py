@@ -147,6 +147,18 @@ def test_opcheck_on_the_registered_op():
         torch.library.opcheck(torch.ops.topoaudio.spatial_pair_sums.default, args)
 
 
+@needs_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_opcheck_on_cuda(backend):
+    features, positions = make_inputs(40, 6, device="cuda")
+    from topoaudio.ops.spatial_common import unit_vectors
+
+    z, _ = unit_vectors(features, 1e-6)
+    for all_pairs, radius in [(True, float("inf")), (False, 2.0)]:
+        args = (z.clone().requires_grad_(True), positions, radius, all_pairs, backend)
+        torch.library.opcheck(torch.ops.topoaudio.spatial_pair_sums.default, args)
+
+
 def test_module_form_reads_a_sheet():
     class Sheet:
         positions = torch.rand(50, 2)
