@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the `device` tool): build, CUDA tests, benchmarks, results to $OUT.
 #   bash bench/gpu.sh [SECONDS]     (OUT defaults to bench/gpu_out; SECONDS: total budget, default 480)
-# Stages run in order of value (build, correctness, cochleagram, spatial loss, training step, brain);
+#   STAGES="tests sweep test_cochleagram" bash bench/gpu.sh 300     (a subset; the build always runs)
+# Stages run in order of value (build, correctness, cochleagram, spatial loss, training step, brain,
+# the Triton weighted-sum sweep);
 # each gets what is left of the budget, so a slow stage cannot take the results of the earlier ones
-# with it. At most 8 files come back from $OUT: everything lands in the 7 below.
+# with it. At most 8 files come back from $OUT: everything lands in the 8 below.
 # The GPU machine has python3 with torch, triton, pytest and pytest-benchmark but no network; where
 # pytest is missing it is installed from bench/wheels (fill it with `make wheels`, then carry it).
 # The golden fixtures live outside the repository: copy ../shared/fixtures to .gpu_shared/fixtures
@@ -17,6 +19,8 @@ DEADLINE=$(( $(date +%s) + ${1:-480} ))
 SCRATCH=$(mktemp -d)
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 [ -d .gpu_shared ] && export TOPOAUDIO_SHARED=$PWD/.gpu_shared
+STAGES=${STAGES:-tests test_cochleagram test_spatial_loss test_training_step test_brain sweep}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 left() { echo $(( DEADLINE - $(date +%s) )); }
 # run_for LOG CMD...: run CMD with what is left of the budget, appending to LOG; returns its code
@@ -48,15 +52,27 @@ if ! run_for "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps 
 fi
 log "built in $(( $(date +%s) - start )) s"
 
-log "CUDA tests"
 PYTEST=($PY -m pytest -q -rfE --tb=short -p no:cacheprovider)
-run_for "$OUT/tests.log" "${PYTEST[@]}" tests/test_cochleagram.py tests/test_spatial_loss.py -k cuda
-tests_rc=$?
-tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+tests_rc=0
+if want tests; then
+  log "CUDA tests"
+  run_for "$OUT/tests.log" "${PYTEST[@]}" tests/test_cochleagram.py tests/test_spatial_loss.py \
+    -k "cuda or gpu or split"
+  tests_rc=$?
+  tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+fi
+
+sweep_rc=0
+if want sweep; then
+  log "Triton weighted-sum sweep"
+  run_for "$OUT/sweep.txt" $PY bench/sweep_spatial_triton.py || sweep_rc=1
+  sed -n '/best per size/,$p' "$OUT/sweep.txt" | tee -a "$OUT/summary.txt"
+fi
 
 log "benchmarks"
 bench_rc=0
 for file in test_cochleagram test_spatial_loss test_training_step test_brain; do
+  want $file || continue
   run_for "$OUT/bench.log" "${PYTEST[@]}" "bench/$file.py" --benchmark-only -s \
     --benchmark-json "$SCRATCH/$file.json" || bench_rc=1
 done
@@ -73,5 +89,5 @@ if merged is not None:
     json.dump(merged, open(sys.argv[2], "w"), indent=1)
 EOF
 [ -f "$OUT/bench.json" ] && $PY bench/report.py "$OUT/bench.json" > "$OUT/report.md" 2>&1 && cat "$OUT/report.md"
-log "tests rc=$tests_rc bench rc=$bench_rc, $(left) s of the budget left"
-exit $(( tests_rc || bench_rc ))
+log "tests rc=$tests_rc sweep rc=$sweep_rc bench rc=$bench_rc, $(left) s of the budget left"
+exit $(( tests_rc || bench_rc || sweep_rc ))

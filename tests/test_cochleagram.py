@@ -34,6 +34,16 @@ def rel_l2(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+# The chirp (clip 2) has an ill-conditioned float32 gradient: far from the chirp's instantaneous
+# frequency a subband's magnitude is ~1e-9 of the signal, so its phase, and d|z|/dz = z/|z| with
+# it, is float32 rounding noise. The exact (float64) gradient differs from the float32 fixture by
+# 2.3 % on that clip (1e-6 on the others). A float32 CPU run matches the fixture to 2e-7 because it
+# rounds like the original (same FFT library); a GPU (cuFFT) rounds differently and lands 1.5 % off.
+# Off the original's CPU path the chirp's gradient is therefore checked against float64, at 5 %.
+ILL_CONDITIONED_CLIPS = [2]
+CHIRP_FLOAT64_RTOL = 5e-2
+
+
 def check_fixture(fixture, backend, device, clips):
     waveforms = torch.tensor(fixture["waveforms"][clips], dtype=torch.float32, device=device)
     waveforms.requires_grad_(True)
@@ -42,9 +52,20 @@ def check_fixture(fixture, backend, device, clips):
     assert np.abs(out.detach().cpu().numpy() - fixture["cochleagram"][clips]).max() <= OUT_ATOL
     weights = torch.tensor(fixture["grad_weights"][clips], device=device)
     (grad,) = torch.autograd.grad((out * weights).sum(), waveforms)
-    assert rel_l2(grad.cpu(), fixture["grad_waveforms"][clips]) <= GRAD_RTOL
     envelopes = ops.cochleagram(waveforms.detach(), compression=None, backend=backend)
     assert rel_l2(envelopes.cpu(), fixture["envelopes_downsampled"][clips]) <= ENV_RTOL
+    if device == "cpu":
+        assert rel_l2(grad.cpu(), fixture["grad_waveforms"][clips]) <= GRAD_RTOL
+        return
+    indices = range(len(fixture["waveforms"]))[clips]
+    for row, index in enumerate(indices):
+        if index not in ILL_CONDITIONED_CLIPS:
+            assert rel_l2(grad[row].cpu(), fixture["grad_waveforms"][index]) <= GRAD_RTOL, index
+            continue
+        exact = torch.tensor(fixture["waveforms"][index], dtype=torch.float64).requires_grad_(True)
+        (grad_exact,) = torch.autograd.grad(
+            (ops.cochleagram(exact, backend="reference") * weights[row].cpu().double()).sum(), exact)
+        assert rel_l2(grad[row].cpu(), grad_exact) <= CHIRP_FLOAT64_RTOL, index
 
 
 # --- the filters -------------------------------------------------------------------------------

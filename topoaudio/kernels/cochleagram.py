@@ -7,7 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-MIN_POWER = 1e-16  # squared magnitudes are clamped here, as in the reference
+# squared magnitudes are clamped here, as in the reference; a jitted kernel may only read
+# constexpr globals (the CPU interpreter does not enforce this, compiled Triton does)
+MIN_POWER = tl.constexpr(1e-16)
 # The CPU interpreter pays per program and per loop step, not per element: give it big tiles.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _FORWARD_TILE = (128, 1024) if _INTERPRETED else (16, 128)  # (frames, taps) per program step

@@ -13,10 +13,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, batch,
+def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, batch, j_per_split,
                          PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
                          BLOCK_B: tl.constexpr):
-    i_block, b_block = tl.program_id(0), tl.program_id(1)
+    """Partial sums over the columns [split * j_per_split, (split + 1) * j_per_split) of W: one
+    slice of wz / wsum / w2sum per split, added up afterwards (splitting the column loop gives
+    a small sheet enough programs to fill the GPU)."""
+    i_block, b_block, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_i = i_block * BLOCK_I + tl.arange(0, BLOCK_I)
     o_b = b_block * BLOCK_B + tl.arange(0, BLOCK_B)
     m_i, m_b = o_i < n_units, o_b < batch
@@ -25,9 +28,11 @@ def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, bat
     b_acc = tl.zeros([BLOCK_I, BLOCK_B], dtype=tl.float32 if PRECISION != "ieee64" else tl.float64)
     b_wsum = tl.zeros([BLOCK_I], dtype=b_acc.dtype)
     b_w2sum = tl.zeros([BLOCK_I], dtype=b_acc.dtype)
-    for j0 in range(0, n_units, BLOCK_J):
+    j_start = split * j_per_split
+    j_end = tl.minimum(j_start + j_per_split, n_units)
+    for j0 in range(j_start, j_end, BLOCK_J):
         o_j = j0 + tl.arange(0, BLOCK_J)
-        m_j = o_j < n_units
+        m_j = o_j < j_end
         b_xj = tl.load(p_ptr + 2 * o_j, mask=m_j, other=0.0)
         b_yj = tl.load(p_ptr + 2 * o_j + 1, mask=m_j, other=0.0)
         b_dx = b_xi[:, None] - b_xj[None, :]
@@ -42,10 +47,11 @@ def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, bat
             b_acc += tl.dot(b_w.to(tl.float64), b_z)
         else:
             b_acc += tl.dot(b_w.to(tl.float32), b_z.to(tl.float32), input_precision=PRECISION)
-    tl.store(wz_ptr + o_i[:, None] * batch + o_b[None, :], b_acc, mask=m_i[:, None] & m_b[None, :])
+    p_wz = wz_ptr + split.to(tl.int64) * n_units * batch
+    tl.store(p_wz + o_i[:, None] * batch + o_b[None, :], b_acc, mask=m_i[:, None] & m_b[None, :])
     if b_block == 0:  # the weight sums depend on positions only: one batch block writes them
-        tl.store(wsum_ptr + o_i, b_wsum.to(tl.float64), mask=m_i)
-        tl.store(w2sum_ptr + o_i, b_w2sum.to(tl.float64), mask=m_i)
+        tl.store(wsum_ptr + split * n_units + o_i, b_wsum.to(tl.float64), mask=m_i)
+        tl.store(w2sum_ptr + split * n_units + o_i, b_w2sum.to(tl.float64), mask=m_i)
 
 
 @triton.jit
@@ -162,6 +168,12 @@ def _precision(z: torch.Tensor) -> str:
 TILE = 64  # units per tile side
 BLOCK_K = 32  # batch chunk of the r = Z_I Z_J^T products
 BLOCK_B = 64  # gradient columns per program
+# Weighted sum W Z: launch configuration (bench/sweep_spatial_triton.py measures the choices), and
+# enough programs to keep every multiprocessor busy: below this many (row, batch) blocks the
+# column loop is split.
+WEIGHTED_SUM = dict(BLOCK_I=TILE, BLOCK_J=TILE, BLOCK_B=BLOCK_B, num_warps=4, num_stages=2)
+TARGET_PROGRAMS = 4 * 132
+MAX_SPLITS = 16
 
 
 def _boxes(positions: torch.Tensor, tile: int) -> torch.Tensor:
@@ -172,15 +184,29 @@ def _boxes(positions: torch.Tensor, tile: int) -> torch.Tensor:
     return torch.cat([tiles.min(dim=1).values, tiles.max(dim=1).values], dim=1).contiguous()
 
 
-def weighted_sum(z: torch.Tensor, positions: torch.Tensor):
+def n_splits(n_units: int, batch: int, config: dict) -> int:
+    blocks = triton.cdiv(n_units, config["BLOCK_I"]) * triton.cdiv(batch, config["BLOCK_B"])
+    column_tiles = triton.cdiv(n_units, config["BLOCK_J"])
+    return max(1, min(MAX_SPLITS, triton.cdiv(TARGET_PROGRAMS, blocks), column_tiles))
+
+
+def weighted_sum(z: torch.Tensor, positions: torch.Tensor, config: dict | None = None,
+                 splits: int | None = None):
+    """(W z [N, B], row sums of W [N], of W^2 [N]) with W_ij = 1 / (1 + d_ij), diagonal included."""
+    config = dict(WEIGHTED_SUM, **(config or {}))
     n_units, batch = z.shape
-    wz = torch.empty_like(z)
-    w_sum = torch.empty(n_units, dtype=torch.float64, device=z.device)
+    splits = n_splits(n_units, batch, config) if splits is None else splits
+    j_per_split = triton.cdiv(triton.cdiv(n_units, splits), config["BLOCK_J"]) * config["BLOCK_J"]
+    splits = triton.cdiv(n_units, j_per_split)  # no empty split
+    wz = z.new_empty(splits, n_units, batch)
+    w_sum = torch.empty(splits, n_units, dtype=torch.float64, device=z.device)
     w2_sum = torch.empty_like(w_sum)
-    grid = (triton.cdiv(n_units, TILE), triton.cdiv(batch, BLOCK_B))
-    _weighted_sum_kernel[grid](z, positions, wz, w_sum, w2_sum, n_units, batch,
-                               PRECISION=_precision(z), BLOCK_I=TILE, BLOCK_J=TILE, BLOCK_B=BLOCK_B)
-    return wz, w_sum, w2_sum
+    grid = (triton.cdiv(n_units, config["BLOCK_I"]), triton.cdiv(batch, config["BLOCK_B"]), splits)
+    _weighted_sum_kernel[grid](z, positions, wz, w_sum, w2_sum, n_units, batch, j_per_split,
+                               PRECISION=_precision(z), **config)
+    if splits == 1:
+        return wz[0], w_sum[0], w2_sum[0]
+    return wz.sum(dim=0), w_sum.sum(dim=0), w2_sum.sum(dim=0)
 
 
 def pair_sums(z: torch.Tensor, positions: torch.Tensor, radius: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The one place that decides which backend runs an op on which device.
 
-Backends, fastest first per device:
+Backends, fastest first per device (an op may rank its GPU backends otherwise: _OP_PREFERENCE):
 - CUDA tensors: ``cuda`` (hand-written CUDA C++ in topoaudio._C), ``triton`` (topoaudio.kernels),
   ``torch`` (chunked PyTorch, same algorithm), ``reference`` (the plain definition).
 - CPU tensors: ``cpp`` (C++ kernels in topoaudio._C), ``torch``, ``reference``. ``triton`` runs on
@@ -23,6 +23,11 @@ BACKENDS = ("cuda", "triton", "cpp", "torch", "reference")
 _PREFERENCE = {
     "cuda": ("cuda", "triton", "torch", "reference"),
     "cpu": ("cpp", "torch", "reference"),
+}
+# Where an op's measurements (bench/RESULTS.md, H200) rank its GPU backends otherwise: the Triton
+# spatial-loss kernels (tensor cores, 3xTF32) beat the CUDA C++ FMA tiles in every case measured.
+_OP_PREFERENCE = {
+    ("spatial_loss", "cuda"): ("triton", "cuda", "torch", "reference"),
 }
 
 _state = threading.local()
@@ -70,10 +75,10 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'"
 
 
-def available_backends(device: torch.device | str) -> list[str]:
-    """Backends that can run on `device`, fastest first."""
+def available_backends(device: torch.device | str, op: str | None = None) -> list[str]:
+    """Backends that can run on `device` (for `op`, when given), fastest first."""
     device = torch.device(device)
-    order = _PREFERENCE.get(device.type, ("torch", "reference"))
+    order = _OP_PREFERENCE.get((op, device.type)) or _PREFERENCE.get(device.type, ("torch", "reference"))
     return [name for name in order if _unavailable_reason(name, device) is None]
 
 
@@ -84,7 +89,7 @@ def choose(op: str, device: torch.device | str, requested: str | None = "auto") 
     if requested in (None, "auto"):
         requested = getattr(_state, "forced", None) or os.environ.get("TOPOAUDIO_BACKEND") or "auto"
     if requested == "auto":
-        name = available_backends(device)[0]
+        name = available_backends(device, op)[0]
     else:
         reason = _unavailable_reason(requested, device)
         if reason is not None:
