@@ -51,7 +51,8 @@ def max_error(config, splits=None):
     z, positions = inputs(1000, 64)
     got = kernels.weighted_sum(z, positions, config, splits)
     expected = spatial_chunked.weighted_sum(z.double().cpu(), positions.double().cpu())
-    return max(float((g.double().cpu() - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
+    return max(float((g.double().cpu() - e).abs().max() / e.abs().max())
+               for g, e in zip(got, expected, strict=True))
 
 
 def main(out_path=None):
@@ -68,8 +69,10 @@ def main(out_path=None):
             z, positions = inputs(n_units, batch)
             used = kernels.n_splits(n_units, batch, dict(kernels.WEIGHTED_SUM, **config)) \
                 if splits is None else splits
-            ms = triton.testing.do_bench(lambda: kernels.weighted_sum(z, positions, config, splits),
-                                         warmup=10, rep=60, return_mode="median")
+            def call(z=z, positions=positions, config=config, splits=splits):
+                return kernels.weighted_sum(z, positions, config, splits)
+
+            ms = triton.testing.do_bench(call, warmup=10, rep=60, return_mode="median")
             tflops = 2 * n_units ** 2 * batch / ms / 1e9
             rows.append(dict(config=config, forced_splits=splits, splits=used, n=n_units, batch=batch,
                              ms=ms, tflops=tflops, max_rel_error=error))
@@ -77,8 +80,8 @@ def main(out_path=None):
                   f"{tflops:6.1f} TFLOP/s  err {error:.1e}", flush=True)
     print("\nbest per size:")
     for n_units, batch in SIZES:
-        mine = sorted((r for r in rows if r["n"] == n_units and r["batch"] == batch and r["max_rel_error"] < 1e-5),
-                      key=lambda r: r["ms"])
+        mine = sorted((r for r in rows if (r["n"], r["batch"]) == (n_units, batch)
+                       and r["max_rel_error"] < 1e-5), key=lambda r: r["ms"])
         for r in mine[:3]:
             print(f"  N={n_units} B={batch}: {r['ms']:.3f} ms {r['tflops']:.1f} TFLOP/s "
                   f"splits={r['splits']} {r['config']}")

@@ -79,7 +79,7 @@ def test_triton_weighted_sum_split_columns_add_up(dtype):
     tolerance = 1e-10 if dtype == torch.float64 else 1e-5
     for splits in (1, 2, 3, 4):
         got = triton_kernels.weighted_sum(z, positions, config=dict(BLOCK_J=32), splits=splits)
-        for value, reference in zip(got, expected):
+        for value, reference in zip(got, expected, strict=True):
             assert value.shape == reference.shape
             error = (value.double().cpu() - reference).abs().max() / reference.abs().max()
             assert error <= tolerance, (splits, error)
