@@ -2,6 +2,7 @@
 its errors on bad input."""
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -62,6 +63,30 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, tmp_path):
         png = tmp_path / "run0" / f"block4_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["report"].endswith("report.md")
+    # docs/results_tables.py turns the same metrics.json into RESULTS.md's tables
+    tables = results_tables()
+    per_run = tables.per_run_table(metrics["runs"])
+    assert per_run.count("| spatial |") == 3 * 2 and per_run.count("| none |") == 3 * 2
+    comparison = tables.comparison_table(metrics["summary"], ["block2", "block3", "block4"])
+    row = next(line for line in comparison.splitlines() if line.startswith("| block3 | tonotopy smoothness"))
+    t_page = float(row.split("|")[5])
+    assert t_page == pytest.approx(-metrics["summary"]["block3/tonotopy/smoothness"]["welch_t"], abs=0.01)
+
+
+def results_tables():
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results_tables.py"
+    spec = importlib.util.spec_from_file_location("results_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_holm_adjustment_by_hand():
+    # sorted p: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06 (monotone)
+    assert results_tables().holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert results_tables().holm([0.9, 0.8]) == [1.0, 1.0]
 
 
 def natsound_copy(tmp_path):
