@@ -3,11 +3,13 @@
     python docs/results_tables.py eval/metrics.json > tables.md
 
 Per run: the measures of every layer. Spatial vs none: mean ± sd per group, Welch t written as
-(spatial - none) / se, its p, and Holm's step-down adjustment of those p over every row of the
-table (the evaluate command itself reports raw p).
+(spatial - none) / se, its p, and Holm's step-down adjustment of those p over the rows of this
+table (the evaluate command's report adjusts over all of its measures, a larger family).
 """
 import json
 import sys
+
+from topoaudio.analysis.evaluation import holm
 
 MEASURES = [  # (summary key suffix, label)
     ("tonotopy/smoothness", "tonotopy smoothness"),
@@ -39,17 +41,6 @@ def per_run_table(runs) -> str:
                 f"| {m['component_r2']['speech']:.3f} | {m['component_r2']['music']:.3f} "
                 f"| {m['rsa_components']:.3f} |")
     return "\n".join(lines)
-
-
-def holm(p_values: list[float | None]) -> list[float | None]:
-    """Holm's step-down adjusted p values (None stays None)."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 def comparison_table(summary, layers) -> str:

@@ -53,12 +53,13 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, tmp_path):
     assert -1.0 <= layer["tonotopy"]["morans_i"] <= 1.0
     comparison = metrics["summary"]["block3/tonotopy/smoothness"]
     assert comparison["compared"] == ["none", "spatial"] and 0.0 <= comparison["p"] <= 1.0
+    assert comparison["p"] <= comparison["p_holm"] <= 1.0
     from topoaudio.analysis.evaluation import summarise
 
     constant = [{"topo": topo, "layers": metrics["runs"][0]["layers"]} for topo in ("a", "a", "b", "b")]
     assert summarise(constant)["block2/music_patches"]["welch_t"] is None  # no spread: undefined
     report = (tmp_path / "report.md").read_text()
-    assert "Welch" in report and "run3/block4_music_vs_speech.png" in report
+    assert "Welch" in report and "Holm p" in report and "run3/block4_music_vs_speech.png" in report
     for name in ("tonotopy", "am_rate", "music_vs_speech"):
         png = tmp_path / "run0" / f"block4_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,9 +85,11 @@ def results_tables():
 
 
 def test_holm_adjustment_by_hand():
-    # sorted p: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06 (monotone)
-    assert results_tables().holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
-    assert results_tables().holm([0.9, 0.8]) == [1.0, 1.0]
+    from topoaudio.analysis.evaluation import holm
+
+    # sorted p: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06 (kept non-decreasing)
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
 
 
 def natsound_copy(tmp_path):

@@ -136,9 +136,22 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
     return metrics
 
 
+def holm(p_values: list) -> list:
+    """Holm's step-down adjustment of p values for testing them all at once (None stays None):
+    the k-th smallest of m is multiplied by m - k + 1, capped at 1, and kept non-decreasing."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and spread per group (the topo setting) of every scalar, and Welch tests between two
-    groups: {measure: {group: {mean, sd, n}, "welch_t", "p"}}."""
+    groups: {measure: {group: {mean, sd, n}, "welch_t", "p", "p_holm"}}; p_holm adjusts p over
+    every measure tested (Holm), since one report makes dozens of tests."""
     from scipy import stats as scipy_stats
 
     groups: dict[str, list[dict]] = {}
@@ -162,6 +175,9 @@ def summarise(runs: list[dict]) -> dict:
             else:  # no spread within either group: the t statistic is undefined, not 0
                 entry["welch_t"] = entry["p"] = None
         summary[key] = entry
+    tested = [key for key, entry in summary.items() if "compared" in entry]
+    for key, p_holm in zip(tested, holm([summary[key]["p"] for key in tested]), strict=True):
+        summary[key]["p_holm"] = p_holm
     return summary
 
 
@@ -207,14 +223,18 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
             lines += [images, ""]
     if len(runs) > 1:
         lines += ["## Across checkpoints (mean ± sd; Welch t-test between two groups)", "",
-                  "t = (first group - second group) / standard error; n/a where neither group varies.", "",
-                  "| measure | groups | t | p |", "|---|---|---:|---:|"]
+                  "t = (first group - second group) / standard error; n/a where neither group varies. "
+                  "Holm p adjusts p for every test in this table at once.", "",
+                  "| measure | groups | t | p | Holm p |", "|---|---|---:|---:|---:|"]
+
+        def number(x, spec):
+            return "n/a" if x is None else format(x, spec)
+
         for key, entry in summary.items():
             groups = "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
                                for g, v in entry.items() if isinstance(v, dict))
-            t, p = entry.get("welch_t"), entry.get("p")
-            lines.append(f"| {key} | {groups} | {'n/a' if t is None else f'{t:.2f}'} | "
-                         f"{'n/a' if p is None else f'{p:.3g}'} |")
+            lines.append(f"| {key} | {groups} | {number(entry.get('welch_t'), '.2f')} | "
+                         f"{number(entry.get('p'), '.3g')} | {number(entry.get('p_holm'), '.3g')} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
