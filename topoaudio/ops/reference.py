@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .cochlear_filters import CochleagramConfig, check_finite, filters_on, power_compression_grad
-from .spatial_common import check_spatial_args, compute_dtype
+from .spatial_common import check_spatial_args, compute_dtype, variance_rel_tol
 
 
 class _ClippedPowerCompression(torch.autograd.Function):
@@ -103,5 +103,5 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     r_pairs, w_pairs = r[pairs].double(), w[pairs].double()
     if kind == "absolute":
         return (r_pairs - w_pairs).abs().mean().to(x.dtype)
-    rel_tol = 1e-10 if x.dtype == torch.float64 else 1e-5  # r and w were computed in x.dtype
-    return ((1 - _pearson(r_pairs, w_pairs, rel_tol)) / 2).to(x.dtype)
+    # r and w were computed in x.dtype: the fused ops' rule for "no variance" applies
+    return ((1 - _pearson(r_pairs, w_pairs, variance_rel_tol(x.dtype))) / 2).to(x.dtype)

@@ -84,13 +84,18 @@ def pearson_from_sums(count, sum_a, sum_b, sum_aa, sum_bb, sum_ab, rel_tol: floa
     return torch.where(defined, cov / denom, torch.zeros_like(cov))
 
 
+def variance_rel_tol(dtype: torch.dtype) -> float:
+    """Below this fraction of the mean square, the variance of r or w values computed in `dtype`
+    is rounding noise: the set has no variance and its correlation is 0 (fused ops and reference)."""
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
 def loss_from_sums(sums: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
     """The loss from the pair sums (float64 [7], see SUM_NAMES) of terms computed in `dtype`."""
     count, w, w2, r, r2, wr, abs_diff = sums.unbind()
     if kind == "absolute":
         return abs_diff / count
-    rel_tol = 1e-10 if dtype == torch.float64 else 1e-5
-    return (1 - pearson_from_sums(count, r, w, r2, w2, wr, rel_tol)) / 2
+    return (1 - pearson_from_sums(count, r, w, r2, w2, wr, variance_rel_tol(dtype))) / 2
 
 
 def has_pair_within(positions: torch.Tensor, radius: float) -> bool:
