@@ -48,6 +48,21 @@ __device__ void r_patch(const scalar_t* __restrict__ z, int64_t n, int batch, in
   }
 }
 
+// Writes this thread's R x R accumulator patch of row tile a, batch columns from c0, to out [n, batch].
+template <typename scalar_t>
+__device__ __forceinline__ void store_patch(scalar_t* __restrict__ out,
+                                            const scalar_t (&acc)[Tiles<scalar_t>::R][Tiles<scalar_t>::R],
+                                            int64_t n, int batch, int64_t a, int c0) {
+  constexpr int T = Tiles<scalar_t>::T, R = Tiles<scalar_t>::R;
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int u = 0; u < R; ++u)
+    for (int v = 0; v < R; ++v) {
+      const int64_t gi = a * T + ty * R + u;
+      const int col = c0 + tx * R + v;
+      if (gi < n && col < batch) out[gi * batch + col] = acc[u][v];
+    }
+}
+
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t distance(const scalar_t* __restrict__ p, int64_t i, int64_t j) {
   const scalar_t dx = p[2 * i] - p[2 * j], dy = p[2 * i + 1] - p[2 * j + 1];
@@ -96,12 +111,7 @@ __global__ void weighted_sum_kernel(const scalar_t* __restrict__ z, const scalar
         for (int v = 0; v < R; ++v) acc[u][v] += w[ty * R + u][j] * zj[j][tx * R + v];
     __syncthreads();
   }
-  for (int u = 0; u < R; ++u)
-    for (int v = 0; v < R; ++v) {
-      const int64_t gi = a * T + ty * R + u;
-      const int col = c0 + tx * R + v;
-      if (gi < n && col < batch) wz[gi * batch + col] = acc[u][v];
-    }
+  store_patch(wz, acc, n, batch, a, c0);
   if (blockIdx.y == 0) {  // weight sums depend on positions only: one batch block writes them
     // The 16 threads of a row group are 16 consecutive lanes: reduce across them with shuffles.
     for (int u = 0; u < R; ++u) {
@@ -208,12 +218,7 @@ __global__ void pair_grad_kernel(const scalar_t* __restrict__ z, const scalar_t*
       __syncthreads();
     }
   }
-  for (int u = 0; u < R; ++u)
-    for (int v = 0; v < R; ++v) {
-      const int64_t gi = a * T + ty * R + u;
-      const int col = c0 + tx * R + v;
-      if (gi < n && col < batch) grad[gi * batch + col] = acc[u][v];
-    }
+  store_patch(grad, acc, n, batch, a, c0);
 }
 
 template <typename scalar_t>
