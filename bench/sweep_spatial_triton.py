@@ -15,7 +15,7 @@ import torch
 import triton.testing
 
 from topoaudio.kernels import spatial_loss as kernels
-from topoaudio.ops import spatial_chunked
+from topoaudio.ops import spatial_torch
 from topoaudio.ops.spatial_common import unit_vectors
 
 SIZES = [(14336, 64), (16384, 256)]
@@ -50,7 +50,7 @@ def inputs(n_units, batch, seed=0):
 def max_error(config, splits=None):
     z, positions = inputs(1000, 64)
     got = kernels.weighted_sum(z, positions, config, splits)
-    expected = spatial_chunked.weighted_sum(z.double().cpu(), positions.double().cpu())
+    expected = spatial_torch.weighted_sum(z.double().cpu(), positions.double().cpu())
     return max(float((g.double().cpu() - e).abs().max() / e.abs().max())
                for g, e in zip(got, expected, strict=True))
 

@@ -69,13 +69,13 @@ def test_triton_interpreter_matches_reference_float64(n_units, batch, kind, radi
 def test_triton_weighted_sum_split_columns_add_up(dtype):
     # small sheets split W's column loop over programs; every split count gives the same sums
     from topoaudio.kernels import spatial_loss as triton_kernels
-    from topoaudio.ops import spatial_chunked
+    from topoaudio.ops import spatial_torch
     from topoaudio.ops.spatial_common import unit_vectors
 
     device = "cuda" if CUDA else "cpu"
     features, positions = make_inputs(200, 40, dtype, device)
     z, _ = unit_vectors(features, 1e-6)
-    expected = spatial_chunked.weighted_sum(z.double().cpu(), positions.double().cpu())
+    expected = spatial_torch.weighted_sum(z.double().cpu(), positions.double().cpu())
     tolerance = 1e-10 if dtype == torch.float64 else 1e-5
     for splits in (1, 2, 3, 4):
         got = triton_kernels.weighted_sum(z, positions, config=dict(BLOCK_J=32), splits=splits)

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from topoaudio.training import TrainingDiverged, checkpoint, parse_args, train
+from topoaudio import checkpoint
+from topoaudio.training import TrainingDiverged, parse_args, train
 from topoaudio.training.config import TrainConfig
 from topoaudio.training.loop import batch_indices
 

@@ -19,10 +19,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shuffles", type=int, default=100, help="shuffles for the smoothness null")
     args = parser.parse_args(argv)
-    from topoaudio.analysis.evaluation import evaluate
+    from topoaudio.analysis.evaluation import evaluate_checkpoints
 
     try:
-        result = evaluate(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles)
+        result = evaluate_checkpoints(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"topoaudio evaluate: {error}")
     print(f"report: {result['report']}")

@@ -112,6 +112,21 @@ class CorticalSheet:
                 f"n_channels={self.n_channels}{freqs}, span={extent[0]:.2f}x{extent[1]:.2f} mm)")
 
 
+def build_sheets(tap_shapes: dict, kind: str, *, size_mm: float = DEFAULT_CHANNEL_FREQ_SIZE_MM,
+                 seed: int = 0) -> dict:
+    """{layer: CorticalSheet} for layers whose activations are [B, C, F, T] with
+    ``tap_shapes[layer] = (C, F)`` (``models.tap_shapes`` measures them). Training and evaluation
+    both call this, so a model is mapped on the sheet its spatial loss used (or would have used):
+    layer i of a channel_freq sheet draws its jitter from seed + i."""
+    if kind not in KINDS:
+        raise ValueError(f"sheet must be one of {KINDS}, got {kind!r}")
+    sheets = {}
+    for index, (layer, (channels, freqs)) in enumerate(tap_shapes.items()):
+        sheets[layer] = (channel_freq_sheet(layer, channels, freqs, size_mm=size_mm, seed=seed + index)
+                         if kind == "channel_freq" else channels_sheet(layer, channels))
+    return sheets
+
+
 def channels_sheet(layer: str, n_channels: int, *, size_mm: float | None = None,
                    spacing_mm: float = DEFAULT_CHANNEL_SPACING_MM) -> CorticalSheet:
     """One unit per channel at the centre of its cell on the grid_shape(C) = h x w grid.

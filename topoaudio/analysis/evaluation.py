@@ -14,45 +14,12 @@ from topoaudio.analysis.maps import plot_sheet_map, plot_smoothness_curve
 from topoaudio.analysis.stimuli import am_noise, log_spaced, pure_tones
 from topoaudio.analysis.topography import morans_i, patches, smoothness
 from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
+from topoaudio.checkpoint import load_trained
 from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165
-from topoaudio.models import build_model, tapped
-from topoaudio.sheet import CorticalSheet
-from topoaudio.training import checkpoint
-from topoaudio.training.config import TrainConfig
-from topoaudio.training.topography import build_sheets
+from topoaudio.models import tapped
 
 TONE_FREQS = log_spaced(50.0, 8000.0, 40)
 AM_RATES = log_spaced(2.0, 256.0, 8)
-
-
-def _n_classes(model_state: dict) -> int:
-    for key in ("head.weight", "heads.out.weight"):
-        if key in model_state:
-            return int(model_state[key].shape[0])
-    raise ValueError("checkpoint has no single classification head (head.weight / heads.out.weight)")
-
-
-def load_trained(path) -> tuple[torch.nn.Module, dict, TrainConfig]:
-    """(model in eval mode, {layer: CorticalSheet}, config) from a training checkpoint. Layers without
-    a saved sheet (models trained with --topo none or topoloss) get the sheet the spatial loss would
-    have used (same kind, size and seed), so maps of all models are drawn on the same sheets."""
-    state = checkpoint.load(str(path))
-    try:
-        config = TrainConfig(**state["config"])
-    except TypeError as error:
-        raise ValueError(f"{path} was written by another topoaudio version: {error}") from None
-    model = build_model(config.model, _n_classes(state["model"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{path} does not match the {config.model} model of this version: "
-                         f"{str(error).splitlines()[0]}") from None
-    model.eval()
-    saved = {layer: CorticalSheet.from_state_dict(s) for layer, s in state.get("topography", {}).items()
-             if isinstance(s, dict) and "positions" in s}
-    sheets = build_sheets(config, model, clip_samples=40000)
-    sheets.update(saved)
-    return model, sheets, config
 
 
 @torch.no_grad()
@@ -99,8 +66,8 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
     am = layer_responses(model, sheets, am_noise(AM_RATES), device, desc="AM noise")
     natural = layer_responses(model, sheets, natsound.waveforms, device, desc="natural sounds")
     predictivity = predict_components(natural, natsound.components)
-    metrics = {"checkpoint": str(path), "model": config.model, "topo": config.topo, "seed": config.seed,
-               "layers": {}}
+    metrics = {"checkpoint": str(path), "layers": {},
+               **{key: config[key] for key in ("model", "topo", "seed")}}
     for layer, sheet in tqdm(sheets.items(), desc="layers", leave=False):
         positions = sheet.positions
         maps = {
@@ -111,12 +78,12 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
         }
         layer_metrics: dict = {"n_units": sheet.n_units}
         for name, (values, label) in maps.items():
-            stats = _map_statistics(values, positions, shuffles, config.seed)
+            stats = _map_statistics(values, positions, shuffles, config["seed"])
             diverging = name == "music_vs_speech"
             # a diverging map is centred on t = 0, so white means "no preference", not "mid-range"
             limit = float(values[torch.isfinite(values)].abs().max()) if diverging else None
             plot_sheet_map(values, positions, out / f"{layer}_{name}.png",
-                           f"{layer}: {name} ({config.topo}, seed {config.seed})",
+                           f"{layer}: {name} ({config['topo']}, seed {config['seed']})",
                            cmap="RdBu_r" if diverging else "viridis", label=label,
                            vmin=-limit if diverging else None, vmax=limit)
             plot_smoothness_curve(stats, out / f"{layer}_{name}_smoothness.png",
@@ -240,7 +207,7 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
     return path
 
 
-def evaluate(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
+def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
     """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md."""
     from topoaudio.data.natsound165 import load_natsound165
 

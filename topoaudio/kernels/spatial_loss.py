@@ -1,4 +1,4 @@
-"""Triton tile kernels of the spatial-correlation loss (contract: topoaudio/ops/spatial_chunked.py
+"""Triton tile kernels of the spatial-correlation loss (contract: topoaudio/ops/spatial_torch.py
 and csrc/spatial_loss.h). z [N, B] unit vectors, positions [N, 2] in mm, same dtype.
 
 Products run on tensor cores through tl.dot; float32 uses 3xTF32 ("tf32x3"), which keeps float32

@@ -1,7 +1,7 @@
 """Models: CochResNet50, the small cochcnn, and named layer taps."""
 from .cochcnn import CochCNN
 from .cochresnet50 import CochResNet50
-from .taps import tapped
+from .taps import tap_shapes, tapped
 
 MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50}
 
@@ -13,4 +13,4 @@ def build_model(name: str, n_classes: int):
     return MODELS[name](n_classes)
 
 
-__all__ = ["MODELS", "CochCNN", "CochResNet50", "build_model", "tapped"]
+__all__ = ["MODELS", "CochCNN", "CochResNet50", "build_model", "tap_shapes", "tapped"]

@@ -31,3 +31,16 @@ def tapped(model: nn.Module, names):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def tap_shapes(model: nn.Module, names, clip_samples: int) -> dict:
+    """{name: (C, F)} of the tapped layers' [B, C, F, T] outputs, from one probe forward pass of
+    two noise clips of clip_samples (the model's train/eval mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with tapped(model, names) as features:
+        model(0.1 * torch.randn(2, clip_samples, device=device))
+    model.train(was_training)
+    return {name: (int(features[name].shape[1]), int(features[name].shape[2])) for name in names}

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from . import dispatch, spatial_chunked
+from . import dispatch, spatial_torch
 from . import reference as _reference
 from .spatial_common import (
     check_spatial_args,
@@ -30,9 +30,9 @@ OP_NAME = "spatial_loss"
 
 
 def _primitives(backend: str):
-    """(weighted_sum, pair_sums, pair_grad) of a backend; see spatial_chunked for the contract."""
+    """(weighted_sum, pair_sums, pair_grad) of a backend; see spatial_torch for the contract."""
     if backend in ("torch", "reference"):
-        return spatial_chunked.weighted_sum, spatial_chunked.pair_sums, spatial_chunked.pair_grad
+        return spatial_torch.weighted_sum, spatial_torch.pair_sums, spatial_torch.pair_grad
     if backend in ("cpp", "cuda"):
         ext = dispatch.extension()
         suffix = "cpu" if backend == "cpp" else "cuda"

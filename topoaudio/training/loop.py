@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from topoaudio import checkpoint
 from topoaudio.models import build_model, tapped
 
-from . import checkpoint
 from .config import TrainConfig
 from .data import build_datasets, collate
 from .topography import TopographicLosses
@@ -99,7 +99,7 @@ def _latest_run() -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, device, batch_size: int = 32) -> float:
+def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32) -> float:
     was_training = model.training
     model.eval()
     correct = 0
@@ -186,7 +186,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             if done % config.log_every == 0 or done == config.steps:
                 _append_json(metrics_path, last)
             if done % config.eval_every == 0 or done == config.steps:
-                last["val_accuracy"] = evaluate(model, val_set, device)
+                last["val_accuracy"] = validation_accuracy(model, val_set, device)
                 _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
                                             "chance": 1 / len(train_set.classes)})
         if done % config.checkpoint_every == 0 or done == config.steps:

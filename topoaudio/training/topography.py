@@ -7,9 +7,9 @@ import zlib
 import torch
 from torch import nn
 
-from topoaudio.models import tapped
+from topoaudio.checkpoint import sheets_for
 from topoaudio.ops import spatial_loss
-from topoaudio.sheet import CorticalSheet, channel_freq_sheet, channels_sheet
+from topoaudio.sheet import CorticalSheet
 from topoaudio.topoloss import TopoLoss, tau_schedule
 
 from .config import TrainConfig
@@ -23,26 +23,6 @@ def _output_weights(module: nn.Module) -> nn.Module:
     if not weighted:
         raise ValueError(f"{type(module).__name__} has no conv or linear weight for TopoLoss")
     return weighted[-1]
-
-
-@torch.no_grad()
-def build_sheets(config: TrainConfig, model: nn.Module, clip_samples: int) -> dict:
-    """{layer: CorticalSheet} for config.topo_layers, sized from one probe forward pass. Training and
-    evaluation both call this, so a model is mapped on the sheet its spatial loss used (or would
-    have used)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with tapped(model, config.topo_layers) as features:
-        model(0.1 * torch.randn(2, clip_samples, device=device))
-    model.train(was_training)
-    sheets = {}
-    for index, layer in enumerate(config.topo_layers):
-        channels, freqs = features[layer].shape[1], features[layer].shape[2]
-        sheets[layer] = (channel_freq_sheet(layer, channels, freqs, size_mm=config.sheet_size_mm,
-                                            seed=config.seed + index)
-                         if config.sheet == "channel_freq" else channels_sheet(layer, channels))
-    return sheets
 
 
 class TopographicLosses:
@@ -63,7 +43,7 @@ class TopographicLosses:
             raise ValueError(f"topo_layers {unknown} are not layers of {config.model}; its taps are "
                              f"{list(getattr(model, 'tap_names', []))}")
         if config.topo == "spatial":
-            self.sheets = build_sheets(config, model, clip_samples)
+            self.sheets = sheets_for(config.to_dict(), model, clip_samples)
             self.layers = list(self.sheets)
         else:
             weights = zip(self.layers, self._weights(), strict=True)
