@@ -2,8 +2,12 @@
 
 The C++ CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are added whenever nvcc is
 found (CUDA_HOME or /usr/local/cuda), for sm_90, unless TOPOAUDIO_NO_CUDA=1. DEBUG=1 builds -O0 -g.
-Both `python setup.py develop` and `pip install --no-build-isolation -e .` work: everything,
-including the Triton kernels in topoaudio/kernels, lives inside the topoaudio/ tree.
+Layout: the Python package in topoaudio/, the Triton kernels in the top-level kernels/ (installed
+as topoaudio.kernels through package_dir), the C++/CUDA kernels in csrc/. Install with
+`pip install --no-build-isolation -e .` (recommended) or `python setup.py develop`: with setuptools
+>= 81 (pinned <82 by torch 2.11) develop hands off to pip's editable install, whose finder honours the
+package_dir mapping; older setuptools wrote an egg-link that put only the repository root on
+sys.path, so topoaudio.kernels did not import. tests/test_install.py checks both modes and the wheel.
 """
 import glob
 import os
@@ -53,7 +57,9 @@ setup(
     name="topoaudio",
     version="0.1.0",
     description="Topographic auditory models: fused cochleagram and spatial-loss ops, models, analyses",
-    packages=find_packages(include=["topoaudio", "topoaudio.*"]),
+    packages=find_packages(include=["topoaudio", "topoaudio.*"]) + ["topoaudio.kernels"],
+    # The Triton kernels live beside csrc/ at the top level, and import as topoaudio.kernels.
+    package_dir={"topoaudio.kernels": "kernels"},
     package_data={"topoaudio": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=[
