@@ -12,14 +12,6 @@ if not torch.cuda.is_available():
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> pathlib.Path:
-    """../shared beside the checkout (CI lays it there), or $TOPOAUDIO_SHARED."""
-    path = pathlib.Path(os.environ.get("TOPOAUDIO_SHARED", REPO.parent / "shared"))
-    if not path.is_dir():
-        raise FileNotFoundError(f"shared data not found at {path}; set TOPOAUDIO_SHARED")
-    return path
-
-
 FIXTURES = REPO / "tests" / "fixtures"
 
 
@@ -35,3 +27,16 @@ def cochleagram_fixture():
 def poisoned_like(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor of the same shape full of NaN: a kernel that skips an element fails loudly."""
     return torch.full_like(tensor, float("nan"))
+
+
+@pytest.fixture(scope="session")
+def natsound165_dir() -> pathlib.Path:
+    """The 165 NH2015 sounds from $TOPOAUDIO_NATSOUND165 (CI: ../shared/natsound165); the project
+    may not ship them, so tests that need the real recordings skip without it."""
+    path = os.environ.get("TOPOAUDIO_NATSOUND165")
+    if not path:
+        pytest.skip("set TOPOAUDIO_NATSOUND165 to a copy of the NH2015 natural sounds (165 wavs, the "
+                    "public natsound165 repository of Norman-Haignere, Kanwisher & McDermott 2015)")
+    if not pathlib.Path(path).is_dir():
+        raise FileNotFoundError(f"TOPOAUDIO_NATSOUND165={path} is not a directory")
+    return pathlib.Path(path)

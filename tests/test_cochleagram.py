@@ -24,7 +24,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run bench/gp
 # stride 10, 41-tap window.
 SMALL = dict(sr=4000, n=4, sample_factor=2, low_lim=100.0, high_lim=1800.0, env_sr=400,
              window_size=41)
-# Fixture tolerances (../shared/fixtures/README.md): compressed max |diff|, envelope rel. L2,
+# Fixture tolerances (tests/fixtures/README.md): compressed max |diff|, envelope rel. L2,
 # gradient rel. L2.
 OUT_ATOL, ENV_RTOL, GRAD_RTOL = 5e-5, 1e-4, 1e-3
 
