@@ -13,15 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import dispatch
+from . import cochleagram_torch, dispatch
 from . import reference as _reference
 from .cochlear_filters import (
     CochleagramConfig,
-    check_finite,
+    check_samples,
     erb_cosine_filters,
     filters_on,
     power_compression_grad,
 )
+from .settings import backend_name
 
 OP_NAME = "cochleagram"
 # Rows (clip x channel) per chunk: bounds working memory at ~2 x rows x T complex values.
@@ -29,35 +30,16 @@ _CHUNK_ROWS = {"cpu": 32, "cuda": 2048}
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage B implementations, one per backend; each maps analytic [rows, T, 2] to (out, envelope)
-# and back. The plain-torch one is the fallback and documents the computation.
+# Stage B, one implementation per backend; each maps analytic [rows, T, 2] to (out, envelope) and
+# back (contract: topoaudio/ops/cochleagram_torch.py, the plain-torch one).
 
-def _torch_stage_b_envelope(analytic, taps, stride):
-    power = analytic.pow(2).sum(-1).clamp_min(1e-16)
-    return torch.nn.functional.conv1d(power.sqrt().unsqueeze(1), taps.view(1, 1, -1),
-                                      stride=stride).squeeze(1)
-
-
-def _torch_forward(analytic, taps, stride, n_frames, power, offset, compress):
-    envelope = _torch_stage_b_envelope(analytic, taps, stride)[:, :n_frames]
-    out = (envelope.clamp_min(0) + offset).pow(power) if compress else envelope.clone()
-    return out, envelope
-
-
-def _torch_backward(analytic, taps, grad_envelope, stride):
-    # Explicit adjoints (autograd is switched off inside a custom op's implementation).
-    length = analytic.shape[1]
-    grad_magnitude = torch.nn.functional.conv_transpose1d(
-        grad_envelope.unsqueeze(1), taps.view(1, 1, -1), stride=stride).squeeze(1)
-    grad_magnitude = torch.nn.functional.pad(grad_magnitude, (0, length - grad_magnitude.shape[-1]))
-    power = analytic.pow(2).sum(-1)
-    scale = torch.where(power > 1e-16, grad_magnitude / power.clamp_min(1e-16).sqrt(), 0.0)
-    return analytic * scale.unsqueeze(-1)
+FUSED_BACKENDS = ("cuda", "triton", "cpp", "torch")
 
 
 def _stage_b(backend: str):
     if backend == "torch":
-        return _torch_forward, _torch_backward
+        return (cochleagram_torch.envelope_downsample_forward,
+                cochleagram_torch.envelope_downsample_backward)
     if backend in ("cpp", "cuda"):
         ext = dispatch.extension()
         suffix = "cpu" if backend == "cpp" else "cuda"
@@ -123,24 +105,30 @@ def _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, com
 
 
 def _prepare(waveform, config, backend):
-    name = dispatch.choose(OP_NAME, waveform.device, backend)
-    if name == "reference":  # the reference has no fused stages; its math is what "torch" runs
-        name = "torch"
+    """(filters, taps, bands) for a call that runs on `backend`: a name the caller resolved once
+    (cochleagram() does, and the backward reuses it), never "auto", so forward and backward run on
+    the same backend whatever use_backend / TOPOAUDIO_BACKEND / the thread say at backward time."""
+    if backend not in FUSED_BACKENDS:
+        raise ValueError(f"topoaudio::cochleagram runs one of the fused backends {FUSED_BACKENDS}, "
+                         f"got {backend!r}; call topoaudio.ops.cochleagram to choose automatically "
+                         "or to run the reference")
+    dispatch.choose(OP_NAME, waveform.device, backend)  # can it run here? and say that it ran
     length = waveform.shape[-1]
     filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
-    return name, filters, taps, _bands(config, length)
+    return filters, taps, _bands(config, length)
 
 
 @torch.library.custom_op("topoaudio::cochleagram", mutates_args=())
 def _cochleagram_op(waveform: torch.Tensor, sr: int, n: int, low_lim: float, high_lim: float,
                     sample_factor: int, env_sr: int, window_size: int, compress: bool, power: float,
                     offset: float, clip_value: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """waveform [rows, T] -> (cochleagram [rows, C, frames], downsampled envelope [rows, C, frames])."""
-    check_finite(waveform)
+    """waveform [rows, T] -> (cochleagram [rows, C, frames], downsampled envelope [rows, C, frames]).
+    `backend` is a resolved fused backend (see _prepare); the backward runs on the same one."""
+    check_samples(waveform)
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress,
                         power, offset, clip_value)
-    name, filters, taps, bands = _prepare(waveform, config, backend)
-    forward, _ = _stage_b(name)
+    filters, taps, bands = _prepare(waveform, config, backend)
+    forward, _ = _stage_b(backend)
     n_rows, length = waveform.shape
     n_channels, n_frames, stride = filters.shape[0], config.n_frames(length), config.stride
     spectrum = torch.fft.rfft(waveform)
@@ -172,8 +160,8 @@ def _cochleagram_backward_op(grad_envelope: torch.Tensor, waveform: torch.Tensor
     """Gradient w.r.t. waveform [rows, T] given the gradient w.r.t. the downsampled envelope."""
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, False, 0.3,
                         1e-8, 5.0)
-    name, filters, taps, bands = _prepare(waveform, config, backend)
-    _, backward = _stage_b(name)
+    filters, taps, bands = _prepare(waveform, config, backend)
+    _, backward = _stage_b(backend)
     n_rows, length = waveform.shape
     spectrum = torch.fft.rfft(waveform)
     grad_spectrum = torch.zeros_like(spectrum)
@@ -203,6 +191,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_envelope):
     waveform, envelope = ctx.saved_tensors
+    # `backend` is the name the forward ran with: the backward never chooses again
     (sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power, offset,
      clip_value, backend) = ctx.params
     grad = torch.zeros_like(envelope)
@@ -230,13 +219,17 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
                 high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
                 window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
                 offset: float = 1e-8, clip_value: float = 5.0,
-                backend: str = "auto") -> torch.Tensor:
+                backend: str | None = "auto") -> torch.Tensor:
     """Cochleagram of `waveform` [..., T] -> [..., C, frames] (docs/SCIENCE.md section 2).
 
     Defaults are the McDermott-lab ``cochleagram_1``: a 2 s clip at 20 kHz gives [..., 211, 390].
     ``compression=None`` returns the downsampled envelopes. Differentiable w.r.t. the waveform.
     float16/bfloat16 inputs are computed (and returned) in float32; float64 stays float64.
-    ``backend`` forces one of topoaudio.ops.dispatch.BACKENDS; ``last_backend()`` says which ran.
+    ``backend`` forces one of topoaudio.ops.dispatch.BACKENDS (None or "auto": chosen once per call,
+    and the backward runs on the same one); ``last_backend()`` says which ran. Settings may be
+    Python or NumPy numbers; NaN / Inf settings are refused by name. Samples must be finite and
+    below ``cochlear_filters.largest_safe_sample`` (about 4.6e16 for 2 s of float32 at 20 kHz),
+    where squared envelopes would overflow: such input is refused, not rescaled.
 
     Example::
 
@@ -249,18 +242,20 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
     return _run(waveform, config, backend)
 
 
-def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str) -> torch.Tensor:
+def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str | None) -> torch.Tensor:
     config.check_waveform(waveform)
-    if backend == "reference":
-        dispatch.choose(OP_NAME, waveform.device, backend)
+    name = dispatch.choose(OP_NAME, waveform.device, backend)  # once per call
+    if name == "reference":  # the definition itself (plain torch, autograd), as last_backend says
         return _reference.cochleagram(waveform, **_config_kwargs(config))
     if waveform.dtype in (torch.float16, torch.bfloat16):
         waveform = waveform.float()
     batch_shape, length = waveform.shape[:-1], waveform.shape[-1]
-    out, _ = _cochleagram_op(waveform.reshape(-1, length).contiguous(), config.sr, config.n,
-                             config.low_lim, config.high_lim, config.sample_factor, config.env_sr,
-                             config.window_size, config.compression is not None, config.power,
-                             config.offset, config.clip_value, backend)
+    # the one place the waveform gets the layout every kernel assumes: [rows, T], contiguous
+    rows = waveform.reshape(-1, length).contiguous()
+    out, _ = _cochleagram_op(rows, config.sr, config.n, config.low_lim, config.high_lim,
+                             config.sample_factor, config.env_sr, config.window_size,
+                             config.compression is not None, config.power, config.offset,
+                             config.clip_value, name)
     return out.reshape(*batch_shape, *out.shape[1:])
 
 
@@ -290,11 +285,11 @@ class Cochleagram(nn.Module):
     def __init__(self, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
                  high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
                  window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
-                 offset: float = 1e-8, clip_value: float = 5.0, backend: str = "auto"):
+                 offset: float = 1e-8, clip_value: float = 5.0, backend: str | None = "auto"):
         super().__init__()
         self.config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr,
                                         window_size, compression, power, offset, clip_value)
-        self.backend = backend
+        self.backend = backend_name(backend)
 
     @property
     def n_channels(self) -> int:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .settings import non_negative_number, positive_integer, positive_number
+
 COMPRESSIONS = ("power", None)
 
 
@@ -32,31 +34,34 @@ class CochleagramConfig:
     clip_value: float = 5.0
 
     def __post_init__(self) -> None:
+        # Every number through the shared checker (topoaudio.ops.settings): NumPy scalars and 0-d
+        # tensors become Python numbers, NaN / Inf are refused by name, and the registered op
+        # (whose schema takes Python int / float) and the filter caches see one type.
         problems = []
-        if int(self.sr) != self.sr or self.sr <= 0:
-            problems.append(f"sr must be a positive integer, got {self.sr}")
-        if int(self.env_sr) != self.env_sr or self.env_sr <= 0:
-            problems.append(f"env_sr must be a positive integer, got {self.env_sr}")
-        elif self.sr > 0 and self.sr % self.env_sr != 0:
+        checks = {"sr": positive_integer, "n": positive_integer, "sample_factor": positive_integer,
+                  "env_sr": positive_integer, "window_size": positive_integer,
+                  "low_lim": positive_number, "high_lim": positive_number,
+                  "power": positive_number, "offset": non_negative_number,
+                  "clip_value": positive_number}
+        for name, check in checks.items():
+            try:
+                object.__setattr__(self, name, check(name, getattr(self, name)))
+            except ValueError as error:
+                problems.append(str(error))
+        if problems:  # the relations below need valid numbers
+            raise ValueError("invalid cochleagram configuration: " + "; ".join(problems))
+        if self.sr % self.env_sr != 0:
             problems.append(
                 f"sr ({self.sr}) must be an integer multiple of env_sr ({self.env_sr}): "
                 "the envelope is downsampled by an integer stride sr / env_sr")
-        if int(self.n) != self.n or self.n < 1:
-            problems.append(f"n must be a positive integer, got {self.n}")
-        if int(self.sample_factor) != self.sample_factor or self.sample_factor < 1:
-            problems.append(f"sample_factor must be a positive integer, got {self.sample_factor}")
-        if not 0 < self.low_lim < self.high_lim:
+        if not self.low_lim < self.high_lim:
             problems.append(f"need 0 < low_lim < high_lim, got low_lim={self.low_lim}, "
                             f"high_lim={self.high_lim}")
         if self.high_lim > self.sr / 2:
             problems.append(f"high_lim ({self.high_lim} Hz) is above the Nyquist frequency "
                             f"sr/2 = {self.sr / 2} Hz")
-        if int(self.window_size) != self.window_size or self.window_size < 1:
-            problems.append(f"window_size must be a positive integer, got {self.window_size}")
         if self.compression not in COMPRESSIONS:
             problems.append(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
-        if self.power <= 0 or self.offset < 0 or self.clip_value <= 0:
-            problems.append("need power > 0, offset >= 0 and clip_value > 0")
         if problems:
             raise ValueError("invalid cochleagram configuration: " + "; ".join(problems))
 
@@ -95,13 +100,29 @@ class CochleagramConfig:
                 "pad it or pass a shorter window_size")
 
 
-def check_finite(waveform: torch.Tensor) -> None:
-    """Raise ValueError if any sample is NaN or Inf. Kept apart from the shape checks because it
-    reads the data: fused ops run it inside their registered implementation, so it also holds
-    under torch.compile (where a data-dependent branch cannot be traced)."""
+def largest_safe_sample(dtype: torch.dtype, length: int) -> float:
+    """The largest |sample| whose squared envelopes cannot overflow in `dtype`. By Parseval, each
+    analytic subband (filters have gain <= 1) holds at most the clip's energy, so every squared
+    magnitude is <= sum_t x_t^2 <= T max|x|^2; a factor 4 of headroom covers the one-sided spectrum
+    and rounding. Far above any audio (float32, 2 s at 20 kHz: 4.6e16; float64: 3.4e151)."""
+    return (torch.finfo(dtype).max / (4.0 * length)) ** 0.5
+
+
+def check_samples(waveform: torch.Tensor) -> None:
+    """Raise ValueError if any sample is NaN or Inf, or so large that squared envelopes would
+    overflow (refused rather than rescaled: see docs/SPATIAL_LOSS.md, "Cochleagram inputs").
+    Kept apart from the shape checks because it reads the data: fused ops run it inside their
+    registered implementation, so it also holds under torch.compile (where a data-dependent branch
+    cannot be traced). `waveform` is in the dtype the cochleagram computes in."""
     if not bool(torch.isfinite(waveform).all()):
         bad = int((~torch.isfinite(waveform)).sum())
         raise ValueError(f"waveform contains {bad} NaN or Inf samples")
+    bound = largest_safe_sample(waveform.dtype, waveform.shape[-1])
+    largest = float(waveform.detach().abs().max())
+    if largest > bound:
+        raise ValueError(f"waveform's largest |sample| is {largest:.3g}, above {bound:.3g}, the "
+                         f"bound for {waveform.shape[-1]} samples in {waveform.dtype} (squared "
+                         "envelopes would overflow); scale the waveform to [-1, 1]")
 
 
 def freq_to_erb(freq):

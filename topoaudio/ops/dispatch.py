@@ -8,6 +8,9 @@ Backends, fastest first per device (an op may rank its GPU backends otherwise: _
 
 A caller forces a backend with the op's ``backend=`` argument, with ``use_backend(name)`` around a
 block, or with the environment variable ``TOPOAUDIO_BACKEND``; ``last_backend(op)`` says which ran.
+An op resolves the name once per call (``choose``) and hands the resolved name to its backward, so
+forward and backward always run on the same backend. When ``auto`` cannot use the device's first
+choice, ``choose`` warns once per op and device with the reason.
 """
 from __future__ import annotations
 
@@ -16,10 +19,13 @@ import importlib
 import importlib.util
 import os
 import threading
+import warnings
 
 import torch
 
-BACKENDS = ("cuda", "triton", "cpp", "torch", "reference")
+from .settings import BACKEND_NAMES, backend_name
+
+BACKENDS = BACKEND_NAMES
 _PREFERENCE = {
     "cuda": ("cuda", "triton", "torch", "reference"),
     "cpu": ("cpp", "torch", "reference"),
@@ -32,6 +38,7 @@ _OP_PREFERENCE = {
 
 _state = threading.local()
 _last: dict[str, str] = {}
+_warned: set[tuple[str, str]] = set()  # (op, device type) pairs already told about a fallback
 _extension_error: str | None = None
 _extension = None
 
@@ -78,25 +85,66 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
 def available_backends(device: torch.device | str, op: str | None = None) -> list[str]:
     """Backends that can run on `device` (for `op`, when given), fastest first."""
     device = torch.device(device)
-    order = _OP_PREFERENCE.get((op, device.type)) or _PREFERENCE.get(device.type, ("torch", "reference"))
-    return [name for name in order if _unavailable_reason(name, device) is None]
+    return [name for name in automatic_order(op, device) if _unavailable_reason(name, device) is None]
 
 
 def choose(op: str, device: torch.device | str, requested: str | None = "auto") -> str:
     """The backend `op` runs with on `device`: the requested one (error if it cannot run there),
-    else a forced one from use_backend / TOPOAUDIO_BACKEND, else the fastest available."""
+    else a forced one from use_backend / TOPOAUDIO_BACKEND, else the fastest available (with a
+    one-time warning when that is not the device's first choice). Records it for last_backend."""
     device = torch.device(device)
-    if requested in (None, "auto"):
-        requested = getattr(_state, "forced", None) or os.environ.get("TOPOAUDIO_BACKEND") or "auto"
+    requested = backend_name(requested)
+    if requested == "auto":
+        requested = getattr(_state, "forced", None) or _environment_backend()
     if requested == "auto":
         name = available_backends(device, op)[0]
+        _warn_if_fallback(op, device, name)
     else:
         reason = _unavailable_reason(requested, device)
         if reason is not None:
             raise ValueError(f"{op}: backend {requested!r} cannot run here: {reason}")
         name = requested
-    _last[op] = name
+    record(op, name)
     return name
+
+
+def automatic_order(op: str | None, device: torch.device | str) -> list[str]:
+    """The order `auto` tries on `device`, without backends this installation can never reach
+    there: triton on CPU tensors (unless interpreted) and cuda when topoaudio._C was built without
+    CUDA (no nvcc at build time is a choice, not a fault). A backend that is listed but cannot run
+    (topoaudio._C not built at all) is a fault: `choose` warns about it."""
+    device = torch.device(device)
+    order = _OP_PREFERENCE.get((op, device.type)) or _PREFERENCE.get(device.type, ("torch", "reference"))
+    ext = extension()
+    never = set()
+    if device.type == "cpu" and not triton_interpreted():
+        never.add("triton")
+    if device.type != "cuda" or (ext is not None and not ext.with_cuda):
+        never.add("cuda")
+    return [name for name in order if name not in never]
+
+
+def _warn_if_fallback(op: str, device: torch.device, name: str) -> None:
+    first = automatic_order(op, device)[0]
+    if name == first or (op, device.type) in _warned:
+        return
+    _warned.add((op, device.type))
+    warnings.warn(f"{op}: the {first} backend cannot run on {device.type} tensors "
+                  f"({_unavailable_reason(first, device)}); using the slower {name} backend",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _environment_backend() -> str:
+    value = os.environ.get("TOPOAUDIO_BACKEND") or "auto"
+    try:
+        return backend_name(value)
+    except ValueError as error:
+        raise ValueError(f"TOPOAUDIO_BACKEND: {error}") from None
+
+
+def record(op: str, name: str) -> None:
+    """Note that `name` ran `op` (choose does this; ops that run a backward call it there too)."""
+    _last[op] = name
 
 
 def last_backend(op: str) -> str | None:
@@ -107,8 +155,7 @@ def last_backend(op: str) -> str | None:
 @contextlib.contextmanager
 def use_backend(name: str):
     """Run every op in the block with backend `name` (per thread)."""
-    if name not in BACKENDS and name != "auto":
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS} or 'auto'")
+    name = backend_name(name)
     previous = getattr(_state, "forced", None)
     _state.forced = None if name == "auto" else name
     try:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cochlear_filters import CochleagramConfig, check_finite, filters_on, power_compression_grad
-from .spatial_common import check_spatial_args, compute_dtype, variance_rel_tol
+from .cochlear_filters import CochleagramConfig, check_samples, filters_on, power_compression_grad
+from .spatial_common import (
+    check_spatial_args,
+    compute_dtype,
+    live_units,
+    scaled_per_unit,
+    variance_rel_tol,
+)
 
 
 class _ClippedPowerCompression(torch.autograd.Function):
@@ -36,9 +42,9 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
     config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
                                compression, power, offset, clip_value)
     config.check_waveform(waveform)
-    check_finite(waveform)
     if waveform.dtype in (torch.float16, torch.bfloat16):
         waveform = waveform.float()
+    check_samples(waveform)
     length = waveform.shape[-1]
     filters, taps = filters_on(config, length, waveform.device, waveform.dtype)
 
@@ -81,14 +87,15 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     kind="relative": (1 - corr_P(r, w)) / 2 (TDANN); kind="absolute": mean_P |r - w|; with
     r_ij the Pearson correlation over the batch and w_ij = 1 / (1 + d_ij). Builds N x N matrices.
     """
-    check_spatial_args(features, positions, kind, radius, eps)
-    x = features.to(compute_dtype(features))
+    kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps)
+    # each unit scaled exactly into [-1, 1] first, so squares cannot overflow or underflow
+    x = scaled_per_unit(features.to(compute_dtype(features)))
     batch, n_units = x.shape
-    # correlations over the batch; zero-variance units correlate 0 with everything
+    # correlations over the batch; zero-variance units (the shared rule) correlate 0 with everything
     mean = x.mean(dim=0)
     centred = x - mean
     norm = centred.norm(dim=0)
-    live = norm / batch ** 0.5 > eps * mean.abs().clamp_min(1.0)
+    live = live_units(norm, x, eps)
     z = torch.where(live, centred / torch.where(live, norm, torch.ones_like(norm)), 0.0)
     r = (z.t() @ z).clamp(-1.0, 1.0)
     # distances and the target similarity

@@ -10,18 +10,28 @@ import math
 
 import torch
 
+from .settings import positive_number
+
 KINDS = ("relative", "absolute")
 # Order of the pair sums every backend returns (float64 [7]).
 SUM_NAMES = ("count", "w", "w2", "r", "r2", "wr", "abs_r_minus_w")
 N_SUMS = len(SUM_NAMES)
 
 
-def check_spatial_args(features, positions, kind: str, radius, eps: float) -> None:
-    """ValueError naming the problem, before any work."""
-    if not isinstance(features, torch.Tensor) or not isinstance(positions, torch.Tensor):
-        raise ValueError("spatial_loss expects torch.Tensor features [B, N] and positions [N, 2]")
+def spatial_settings(kind: str, radius, eps) -> tuple[str, float | None, float]:
+    """(kind, radius, eps) checked, numbers as Python floats (np.float32(2.0) is a radius)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    radius = None if radius is None else positive_number("radius", radius)
+    return kind, radius, positive_number("eps", eps)
+
+
+def check_spatial_args(features, positions, kind: str, radius, eps):
+    """ValueError naming the problem, before any work; returns (kind, radius, eps) as
+    spatial_settings does."""
+    if not isinstance(features, torch.Tensor) or not isinstance(positions, torch.Tensor):
+        raise ValueError("spatial_loss expects torch.Tensor features [B, N] and positions [N, 2]")
+    kind, radius, eps = spatial_settings(kind, radius, eps)
     if features.dim() != 2:
         raise ValueError(f"features must be [B, N] (batch x units), got shape {tuple(features.shape)}")
     if not features.is_floating_point() or not positions.is_floating_point():
@@ -39,16 +49,12 @@ def check_spatial_args(features, positions, kind: str, radius, eps: float) -> No
     if batch < 2:
         raise ValueError(f"batch size is {batch}: a correlation over the batch needs at least 2 "
                          "samples")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    if radius is not None:
-        if not (isinstance(radius, (int, float)) and radius > 0 and math.isfinite(radius)):
-            raise ValueError(f"radius must be a positive finite number of mm or None, got {radius!r}")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"features contain {int((~torch.isfinite(features)).sum())} NaN or Inf values")
     if not bool(torch.isfinite(positions).all()):
         raise ValueError(f"positions contain {int((~torch.isfinite(positions)).sum())} NaN or Inf "
                          "values")
+    return kind, radius, eps
 
 
 def compute_dtype(features: torch.Tensor) -> torch.dtype:
@@ -56,14 +62,34 @@ def compute_dtype(features: torch.Tensor) -> torch.dtype:
     return torch.float64 if features.dtype == torch.float64 else torch.float32
 
 
+def scaled_per_unit(x: torch.Tensor) -> torch.Tensor:
+    """x [B, N] with each unit's column divided by the power of two at or above its largest |x|:
+    exact (a power-of-two division only moves the exponent), every value in [-1, 1], so squares
+    neither overflow (|x| > 1.8e19 in float32) nor underflow (|x| < 1e-19). Correlations, and the
+    dead-unit rule below, do not change under a positive scale per unit: the loss is
+    scale-invariant, as a correlation is. The scale carries no gradient (nothing depends on it)."""
+    largest = x.detach().abs().amax(dim=0)
+    _, exponent = torch.frexp(largest)  # largest = m * 2^exponent, 0.5 <= m < 1; 0 gives 0
+    return x / torch.ldexp(torch.ones_like(largest), exponent)
+
+
+def live_units(centred_norm: torch.Tensor, scaled: torch.Tensor, eps: float) -> torch.Tensor:
+    """The zero-variance rule (docs/SCIENCE.md section 3), relative and so scale-invariant: a unit
+    is dead when its standard deviation over the batch is <= eps x its root mean square, i.e. its
+    variation is within rounding of its own level (a constant unit, a dead ReLU, a constant plus
+    float32 noise). Both norms are of the same column, so 1/sqrt(B) cancels. The scale compared
+    against is the unit's own, not the layer's: a unit responding at 1e-8 of its neighbours'
+    level is a live unit in float32 (TDANN correlates it too), and its correlations are exact."""
+    return centred_norm > eps * scaled.norm(dim=0)
+
+
 def unit_vectors(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """z [N, B]: each unit's responses centred and scaled to norm 1, so r_ij = z_i . z_j; zero for
-    zero-variance units (population std <= eps * max(1, |mean|)). Returns (z, live mask [N])."""
-    x = features.to(compute_dtype(features))
-    mean = x.mean(dim=0)
-    centred = x - mean
+    zero-variance units (see live_units). Returns (z, live mask [N])."""
+    x = scaled_per_unit(features.to(compute_dtype(features)))
+    centred = x - x.mean(dim=0)
     norm = centred.norm(dim=0)
-    live = norm / math.sqrt(x.shape[0]) > eps * mean.abs().clamp_min(1.0)
+    live = live_units(norm, x, eps)
     # Dead units get norm 1 in the division so their (zero) gradient is not 0/0.
     z = torch.where(live, centred / torch.where(live, norm, torch.ones_like(norm)), 0.0)
     return z.t().contiguous(), live

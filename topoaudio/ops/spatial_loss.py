@@ -18,11 +18,13 @@ from torch import nn
 
 from . import dispatch, spatial_torch
 from . import reference as _reference
+from .settings import backend_name, finite_number
 from .spatial_common import (
     check_spatial_args,
     compute_dtype,
     has_pair_within,
     loss_from_sums,
+    spatial_settings,
     unit_vectors,
 )
 
@@ -138,13 +140,16 @@ def morton_order(positions: torch.Tensor) -> torch.Tensor:
 
 def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str = "relative",
                  radius: float | None = None, eps: float = 1e-6,
-                 backend: str = "auto") -> torch.Tensor:
+                 backend: str | None = "auto") -> torch.Tensor:
     """Spatial-correlation loss of a layer's responses on a cortical sheet (scalar tensor).
 
     features [B, N]: responses of N units over a batch (float32/float16/bfloat16 accumulate in
     float32; float64 stays float64). positions [N, 2]: unit positions in mm (no gradient).
     kind="relative": (1 - corr_P(r, 1 / (1 + d))) / 2 (TDANN); kind="absolute": mean_P |r - w|.
     P: all pairs i < j, or those with d_ij <= radius. Exact; never builds an N x N matrix.
+    Scale-invariant: features x c (any finite c > 0) give the same loss; a unit whose std over the
+    batch is <= eps x its own RMS counts as dead (correlates 0, zero gradient). Numbers may be
+    Python or NumPy scalars; any strides work; backend=None means "auto".
     TDANN's neighbourhood sampling is ``spatial_loss(x[:, idx], pos[idx])``.
 
     Example::
@@ -153,21 +158,22 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
         >>> x, pos = torch.randn(32, 1000), torch.rand(1000, 2) * 10
         >>> loss = ops.spatial_loss(x, pos)          # about 0.5 for random responses
     """
-    check_spatial_args(features, positions, kind, radius, eps)
+    kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps)
     name = dispatch.choose(OP_NAME, features.device, backend)
     if name == "reference":
         return _reference.spatial_loss(features, positions, kind=kind, radius=radius, eps=eps)
     if radius is not None and not has_pair_within(positions, radius):
         raise ValueError(f"no pair of units lies within radius {radius} mm: every unit is "
                          "farther than that from all others; use a larger radius or None")
+    # The one place inputs get the layout every kernel assumes (row-major, contiguous): z is built
+    # contiguous, positions of any strides (a transposed [2, N] view, a slice) are copied here.
     z, _ = unit_vectors(features, eps)
-    positions = positions.detach().to(z.dtype)
+    positions = positions.detach().to(z.dtype).contiguous()
     all_pairs = kind == "relative" and radius is None
     if not all_pairs:
         order = morton_order(positions)
         z, positions = z[order].contiguous(), positions[order].contiguous()
-    sums, _ = _pair_sums_op(z, positions, math.inf if radius is None else float(radius),
-                            all_pairs, name)
+    sums, _ = _pair_sums_op(z, positions, math.inf if radius is None else radius, all_pairs, name)
     dtype = compute_dtype(features)
     return loss_from_sums(sums, kind, dtype).to(dtype)
 
@@ -183,8 +189,9 @@ class SpatialLoss(nn.Module):
     def __init__(self, sheet, *, kind: str = "relative", radius: float | None = None,
                  eps: float = 1e-6, weight: float = 1.0, backend: str = "auto"):
         super().__init__()
-        self.sheet, self.kind, self.radius, self.eps = sheet, kind, radius, eps
-        self.weight, self.backend = weight, backend
+        self.kind, self.radius, self.eps = spatial_settings(kind, radius, eps)
+        self.sheet, self.weight = sheet, finite_number("weight", weight)
+        self.backend = backend_name(backend)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         responses = (self.sheet.responses(activations) if hasattr(self.sheet, "responses")

@@ -1,0 +1,70 @@
+"""The one checker for the settings of every op (numbers, names, backends).
+
+A setting is a number when it is one: Python ints and floats, NumPy scalars (np.float32(2.0)) and
+0-d real tensors are accepted alike and come back as plain Python numbers, so registered ops (whose
+schemas take Python float / int / str) and caches keyed on settings see one type. bool is refused:
+True is almost always a mistake for a radius or a sample rate. Each check raises one ValueError
+naming the setting and the value.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+BACKEND_NAMES = ("cuda", "triton", "cpp", "torch", "reference")
+
+
+def _as_python_number(name: str, value):
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real number, got a tensor of shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def finite_number(name: str, value) -> float:
+    """A finite real number, as a Python float."""
+    number = float(_as_python_number(name, value))
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {number}")
+    return number
+
+
+def positive_number(name: str, value) -> float:
+    """A finite number > 0, as a Python float."""
+    number = finite_number(name, value)
+    if not number > 0:
+        raise ValueError(f"{name} must be a positive finite number, got {number}")
+    return number
+
+
+def non_negative_number(name: str, value) -> float:
+    """A finite number >= 0, as a Python float."""
+    number = finite_number(name, value)
+    if number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {number}")
+    return number
+
+
+def positive_integer(name: str, value) -> int:
+    """An integer >= 1 (2.0 and np.int64(2) are integers; 2.5 is not), as a Python int."""
+    number = _as_python_number(name, value)
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(f"{name} must be a positive integer, got {number}")
+    if int(number) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {number}")
+    return int(number)
+
+
+def backend_name(value) -> str:
+    """A backend request: one of BACKEND_NAMES, or "auto" (None means "auto")."""
+    if value is None:
+        return "auto"
+    if not isinstance(value, str) or (value not in BACKEND_NAMES and value != "auto"):
+        raise ValueError(f"unknown backend {value!r}; choose one of {BACKEND_NAMES} or 'auto'")
+    return value
