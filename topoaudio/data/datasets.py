@@ -6,17 +6,21 @@ default), read with soundfile, resampled with torchaudio when the file's rate di
 RMS 0.1 (a silent clip stays all zeros).
 
 Unreadable files are found lazily, when an item is loaded, so that construction stays as fast as listing
-a directory: a file that fails to decode is logged (warning naming it), appended to ``skipped``, never
-tried again by this dataset object, and replaced by the next readable item (index + 1, + 2, ..., wrapping
-around), so an epoch never dies on one bad file and the substitute is deterministic. DataLoader workers
-each hold a copy of the dataset, so ``skipped`` in the main process lists only what it loaded itself;
-``find_unreadable()`` decodes every file up front when you want the full list.
+a directory: a file that fails to decode is logged (warning naming it), listed in ``skipped``, never
+tried again, and replaced by the next readable item (index + 1, + 2, ..., wrapping around), so an epoch
+never dies on one bad file and the substitute is deterministic. The record of unreadable files is one
+flag per item in shared memory, so what DataLoader workers find is seen by the main process too (the
+training loop logs the count); ``find_unreadable()`` decodes every file up front for the full list.
+
+File names read from a dataset's metadata (ESC-50's CSV, NSynth's examples.json) must stay inside the
+dataset's folder: an absolute path or one climbing out with ``..`` is refused, naming the entry.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,6 +78,16 @@ def _require(path: Path, layout: str) -> None:
         raise FileNotFoundError(f"{path} not found; expected {layout}")
 
 
+def inside(folder: Path, name: str, source: Path) -> Path:
+    """folder / name, for a file `name` listed in the metadata file `source`; ValueError if the name
+    is absolute or climbs out of `folder` (metadata must never make a loader read other files)."""
+    relative = os.path.normpath(str(name).replace("\\", "/"))
+    if os.path.isabs(relative) or relative == ".." or relative.startswith("../") or relative == ".":
+        raise ValueError(f"{source} names {name!r}, which is not a file inside {folder}; refusing "
+                         "to read outside the dataset")
+    return folder / relative
+
+
 # --- shared dataset machinery ------------------------------------------------------------------------
 
 class AudioFileDataset(torch.utils.data.Dataset):
@@ -87,8 +101,8 @@ class AudioFileDataset(torch.utils.data.Dataset):
         if not self.items:
             raise FileNotFoundError(f"no {description} found")
         self.classes = tuple(classes)
-        self.skipped: list[Path] = []
-        self._unreadable: set[int] = set()
+        # one flag per item, shared with DataLoader workers (see the module docstring)
+        self._unreadable = torch.zeros(len(self.items), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -97,6 +111,19 @@ class AudioFileDataset(torch.utils.data.Dataset):
     def labels(self) -> list[int]:
         """The label of every file, without decoding anything."""
         return [label for _, label in self.items]
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files found unreadable so far (by this process or its DataLoader workers)."""
+        return [self.items[index][0] for index in self._unreadable.nonzero().flatten().tolist()]
+
+    def unreadable_mask(self) -> torch.Tensor:
+        """bool [len(self)]: which items were found unreadable so far."""
+        return self._unreadable.clone()
+
+    def _mark_unreadable(self, index: int, error: Exception) -> None:
+        self._unreadable[index] = True
+        log.warning("skipping unreadable audio file %s (%s)", self.items[index][0], error)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         waveform, used = self.load(index)
@@ -109,29 +136,24 @@ class AudioFileDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self.items)} items")
         for step in range(len(self.items)):
             candidate = (int(index) + step) % len(self.items)
-            if candidate in self._unreadable:
+            if self._unreadable[candidate]:
                 continue
-            path = self.items[candidate][0]
             try:
-                return load_clip(path, self.sr, self.seconds, position), candidate
+                return load_clip(self.items[candidate][0], self.sr, self.seconds, position), candidate
             except _DECODE_ERRORS as error:
-                self._unreadable.add(candidate)
-                self.skipped.append(path)
-                log.warning("skipping unreadable audio file %s (%s)", path, error)
+                self._mark_unreadable(candidate, error)
         raise RuntimeError(f"none of the {len(self.items)} audio files could be read (first: "
                            f"{self.items[0][0]})")
 
     def find_unreadable(self) -> list[Path]:
         """Decode every file once (slow: a full pass) and return those that fail; they join `skipped`."""
         for index in range(len(self.items)):
-            if index not in self._unreadable:
+            if not self._unreadable[index]:
                 try:
                     soundfile.read(str(self.items[index][0]))
                 except _DECODE_ERRORS as error:
-                    self._unreadable.add(index)
-                    self.skipped.append(self.items[index][0])
-                    log.warning("skipping unreadable audio file %s (%s)", self.items[index][0], error)
-        return [self.items[index][0] for index in sorted(self._unreadable)]
+                    self._mark_unreadable(index, error)
+        return self.skipped
 
 
 # --- Speech Commands ---------------------------------------------------------------------------------
@@ -207,7 +229,7 @@ class ESC50(AudioFileDataset):
             rows = list(reader)
         names = {int(row["target"]): row["category"] for row in rows}
         classes = [names.get(target, f"target_{target}") for target in range(max(names, default=-1) + 1)]
-        items = [(root / "audio" / row["filename"], int(row["target"]))
+        items = [(inside(root / "audio", row["filename"], root / "meta" / "esc50.csv"), int(row["target"]))
                  for row in rows if int(row["fold"]) in folds]
         self.root, self.folds = root, tuple(sorted(folds))
         super().__init__(items, classes, sr, seconds, f"clips of folds {self.folds} in {root}")
@@ -243,7 +265,7 @@ class NSynth(AudioFileDataset):
             usable = sorted(key for key, value in fields.items() if isinstance(value, int))
             raise ValueError(f"target {target!r} is not an integer field of NSynth examples; "
                              f"try one of {usable}")
-        items = [(folder / "audio" / f"{note}.wav", int(entry[target]))
+        items = [(inside(folder / "audio", f"{note}.wav", folder / "examples.json"), int(entry[target]))
                  for note, entry in sorted(examples.items())]
         names = {int(entry[target]): str(entry.get(f"{target}_str", entry[target]))
                  for entry in examples.values()}
@@ -291,6 +313,10 @@ class WordSpeakerNoise(torch.utils.data.Dataset):
     @property
     def skipped(self) -> list[Path]:
         return self.speech.skipped + self.noise.skipped
+
+    def unreadable_mask(self) -> torch.Tensor:
+        """bool [speech files + noise files]: which were found unreadable so far."""
+        return torch.cat([self.speech.unreadable_mask(), self.noise.unreadable_mask()])
 
     def item(self, index: int) -> dict:
         """Item `index` with its parts: "waveform" = "speech" + "noise" (each float32 [samples], scaled

@@ -64,6 +64,14 @@ class TopographicLosses:
         if config.topo == "none":
             return total, terms
         for (layer, sheet), weight in zip(self.sheets.items(), self._weights(), strict=True):
+            if not bool(torch.isfinite(features[layer]).all()):
+                # A diverged forward: the op would refuse these features (its own check stays, for
+                # other callers). A NaN term instead lets the loop's all-reduced loss check stop
+                # every rank at this step, naming this layer; raising here on one rank would leave
+                # the others waiting in a collective.
+                terms[layer] = torch.full((), float("nan"), device=self.device)
+                total = total + terms[layer]
+                continue
             responses = sheet.responses(features[layer])
             positions = sheet.positions.to(responses.device)
             if config.neighbourhood > 0:
