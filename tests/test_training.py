@@ -123,7 +123,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     train(config)
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny(tmp_path, steps=1, topo="none"))
-    with pytest.raises(ValueError, match="holds a 'cochcnn' model"):
+    with pytest.raises(ValueError, match="has model='cochcnn', not 'cochresnet50'"):
         train(tiny(tmp_path, steps=2, topo="none", model="cochresnet50"), resume=True)
 
 

@@ -1,13 +1,25 @@
-"""Training configuration: one dataclass, filled from defaults, a JSON file and `--key value`."""
+"""Training configuration: one dataclass, filled from defaults, a JSON file and `--key value`.
+
+Every setting has a rule in RULES (its type and its range or choices); TrainConfig checks them all
+when it is made, so defaults, JSON presets, the command line and a resumed run's saved settings are
+held to the same rules before any work starts."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import typing
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from topoaudio.models import MODELS
+from topoaudio.ops.spatial_common import KINDS as SPATIAL_KINDS
+from topoaudio.sheet import KINDS as SHEET_KINDS
+from topoaudio.topoloss import SCHEDULE_KINDS
 
 TOPO_CHOICES = ("none", "spatial", "topoloss")
+DATASETS = ("procedural", "speech_commands", "esc50", "nsynth", "word_speaker_noise")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -33,7 +45,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant
     schedule_steps: int = 0  # length of the lr schedule; 0: steps. Fix it to extend a run by resuming
     warmup_steps: int = 25
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0  # 0: no clipping
     seed: int = 0
     # topography
     topo: str = "spatial"  # none | spatial | topoloss
@@ -43,7 +55,7 @@ class TrainConfig:
     alpha: float = 0.25  # spatial-loss weight per layer (TDANN)
     layer_weights: list[float] = field(default_factory=list)  # per-layer alpha or tau; [] = uniform
     spatial_kind: str = "relative"
-    neighbourhood: int = 0  # 0: whole sheet; k > 0: TDANN-style random neighbourhood of k units
+    neighbourhood: int = 0  # 0: whole sheet; k >= 2: TDANN-style random neighbourhood of k units
     tau: float = 25.0  # TopoLoss weight per layer
     phi: float = 2.0
     tau_schedule: str = "constant"  # constant | linear | cosine (warm-up over tau_warmup_steps)
@@ -58,56 +70,164 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
-        if self.topo not in TOPO_CHOICES:
-            raise ValueError(f"topo must be one of {TOPO_CHOICES}, got {self.topo!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+        for name in RULES:
+            setattr(self, name, check_value(name, getattr(self, name)))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules that join two settings."""
+        if self.topo != "none":
+            if not self.topo_layers:
+                raise ValueError(f"topo={self.topo!r} needs at least one of topo_layers (taps of "
+                                 f"{self.model}: {list(MODELS[self.model].tap_names)}); or use topo=none")
+            taps = MODELS[self.model].tap_names
+            unknown = [layer for layer in self.topo_layers if layer not in taps]
+            if unknown:
+                raise ValueError(f"topo_layers {unknown} are not taps of {self.model}; its taps are "
+                                 f"{list(taps)}")
+            if len(set(self.topo_layers)) != len(self.topo_layers):
+                raise ValueError(f"topo_layers {self.topo_layers} names a layer twice")
         if self.layer_weights and len(self.layer_weights) != len(self.topo_layers):
             raise ValueError(f"layer_weights has {len(self.layer_weights)} values for "
                              f"{len(self.topo_layers)} topo_layers {self.topo_layers}")
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("need steps >= 1 and batch_size >= 2 (correlations need 2 samples)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _field_types() -> dict:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+class Rule(NamedTuple):
+    """A setting's type (bool, int, float, str, or list of str or float) and a check of its value
+    that returns what is wrong ("" when nothing is)."""
+    kind: type
+    check: Callable[[object], str] = lambda value: ""
+    item: type | None = None  # for lists: the type of each item
 
 
-def _convert(name: str, text: str, kind):
+def one_of(*choices) -> Callable[[object], str]:
+    return lambda value: "" if value in choices else f"must be one of {list(choices)}"
+
+
+def at_least(low) -> Callable[[object], str]:
+    return lambda value: "" if value >= low else f"must be >= {low}"
+
+
+def above(low) -> Callable[[object], str]:
+    return lambda value: "" if value > low else f"must be > {low}"
+
+
+def all_items(check) -> Callable[[object], str]:
+    return lambda values: next((problem for problem in map(check, values) if problem), "")
+
+
+def zero_or_at_least(low) -> Callable[[object], str]:
+    return lambda value: "" if value == 0 or value >= low else f"must be 0 or >= {low}"
+
+
+RULES: dict[str, Rule] = {
+    "model": Rule(str, one_of(*MODELS)),
+    "dataset": Rule(str, one_of(*DATASETS)),
+    "data_root": Rule(str),
+    "noise_root": Rule(str),
+    "train_size": Rule(int, at_least(1)),
+    "val_size": Rule(int, at_least(1)),
+    "clip_seconds": Rule(float, above(0)),
+    "steps": Rule(int, at_least(1)),
+    "batch_size": Rule(int, at_least(2)),  # correlations need 2 samples
+    "optimizer": Rule(str, one_of("adamw", "sgd")),
+    "lr": Rule(float, above(0)),
+    "momentum": Rule(float, lambda v: "" if 0 <= v < 1 else "must be in [0, 1)"),
+    "weight_decay": Rule(float, at_least(0)),
+    "lr_schedule": Rule(str, one_of("cosine", "constant")),
+    "schedule_steps": Rule(int, at_least(0)),
+    "warmup_steps": Rule(int, at_least(0)),
+    "grad_clip": Rule(float, at_least(0)),
+    "seed": Rule(int, at_least(0)),
+    "topo": Rule(str, one_of(*TOPO_CHOICES)),
+    "topo_layers": Rule(list, item=str),
+    "sheet": Rule(str, one_of(*SHEET_KINDS)),
+    "sheet_size_mm": Rule(float, above(0)),
+    "alpha": Rule(float, at_least(0)),
+    "layer_weights": Rule(list, all_items(at_least(0)), item=float),
+    "spatial_kind": Rule(str, one_of(*SPATIAL_KINDS)),
+    "neighbourhood": Rule(int, zero_or_at_least(2)),  # a neighbourhood of 1 unit has no pairs
+    "tau": Rule(float, at_least(0)),
+    "phi": Rule(float, above(0)),
+    "tau_schedule": Rule(str, one_of(*SCHEDULE_KINDS)),
+    "tau_warmup_steps": Rule(int, at_least(0)),
+    "out": Rule(str),
+    "log_every": Rule(int, at_least(1)),
+    "eval_every": Rule(int, at_least(1)),
+    "checkpoint_every": Rule(int, at_least(1)),
+    "num_workers": Rule(int, at_least(0)),
+    "amp": Rule(bool),
+    "device": Rule(str, one_of(*DEVICES)),
+}
+assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every setting needs a rule"
+
+
+def _typed(kind: type, value):
+    """value as `kind`, or None when it is not one. No coercion from strings: a JSON "false" is not
+    a bool and "3" is not an int. An int is a float (JSON writes 1.0 as 1); a bool is neither."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else None
+    return value if isinstance(value, kind) else None
+
+
+def check_value(name: str, value):
+    """`value` of setting `name`, typed (ints become floats where floats belong), or a ValueError
+    naming the setting, the value and what was expected."""
+    rule = RULES[name]
+    typed = _typed(rule.kind, value)
+    expected = rule.kind.__name__ if rule.item is None else f"list of {rule.item.__name__}"
+    if typed is not None and rule.item is not None:
+        items = [_typed(rule.item, item) for item in typed]
+        typed = None if any(item is None for item in items) else items
+    if typed is None:
+        raise ValueError(f"{name}: {value!r} ({type(value).__name__}) is not a {expected}")
+    numbers = [typed] if rule.kind is float else typed if rule.item is float else []
+    if any(not math.isfinite(number) for number in numbers):
+        raise ValueError(f"{name}: {value!r} is not finite")
+    problem = rule.check(typed)
+    if problem:
+        raise ValueError(f"{name} {problem}, got {value!r}")
+    return typed
+
+
+def _convert(name: str, text: str):
+    """A command-line string as the type of setting `name` (the range is checked later)."""
+    rule = RULES[name]
     try:
-        if kind is bool:
+        if rule.kind is bool:
             if text.lower() in ("1", "true", "yes", "on"):
                 return True
             if text.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(text)
-        if typing.get_origin(kind) is list:
-            (item_kind,) = typing.get_args(kind)
-            return [item_kind(item) for item in text.split(",") if item]
-        return kind(text)
+        if rule.item is not None:
+            return [rule.item(item) for item in text.split(",") if item]
+        return rule.kind(text)
     except ValueError:
-        raise ValueError(f"--{name}: cannot read {text!r} as {getattr(kind, '__name__', kind)}") from None
+        expected = rule.kind.__name__ if rule.item is None else f"comma-separated {rule.item.__name__}s"
+        raise ValueError(f"--{name}: cannot read {text!r} as {expected}") from None
 
 
 def check_keys(keys, source: str) -> None:
-    valid = _field_types()
-    unknown = sorted(set(keys) - set(valid))
+    unknown = sorted(set(keys) - set(RULES))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown} in {source}; valid keys: "
-                         + ", ".join(sorted(valid)))
+                         + ", ".join(sorted(RULES)))
 
 
-def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
-    """`[--config FILE] [--resume] [--key value ...]` -> (config, resume). Command-line values
-    override the file, which overrides the defaults. Unknown keys are an error listing the valid
-    ones."""
-    values: dict = {}
+def parse_command(argv: list[str]) -> tuple[dict, bool]:
+    """`[--config FILE] [--resume] [--key value ...]` -> ({setting: value} given explicitly, in the
+    file or on the command line, each checked against its rule; resume). Command-line values
+    override the file. Unknown keys are an error listing the valid ones."""
     resume = False
     cli: dict[str, str] = {}
     i = 0
@@ -121,8 +241,8 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
             continue
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}; use --key value\n{usage()}")
-        key, _, inline = arg[2:].partition("=")
-        if inline:
+        key, equals, inline = arg[2:].partition("=")
+        if equals:
             value = inline
             i += 1
         else:
@@ -131,21 +251,40 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
             value = argv[i + 1]
             i += 2
         cli[key.replace("-", "_")] = value
+    given: dict = {}
     if "config" in cli:
         path = cli.pop("config")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            loaded = json.load(handle)
-        check_keys(loaded, path)
-        values.update(loaded)
+        given.update(_read_json(path))
     check_keys(cli, "the command line")
-    types = _field_types()
-    values.update({key: _convert(key, text, types[key]) for key, text in cli.items()})
-    return TrainConfig(**values), resume
+    given.update({key: _convert(key, text) for key, text in cli.items()})
+    return {key: check_value(key, value) for key, value in given.items()}, resume
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            loaded = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, got {type(loaded).__name__}")
+    check_keys(loaded, path)
+    try:
+        return {key: check_value(key, value) for key, value in loaded.items()}
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
+    """`[--config FILE] [--resume] [--key value ...]` -> (config, resume): the given settings over
+    the defaults."""
+    given, resume = parse_command(argv)
+    return TrainConfig(**given), resume
 
 
 def usage() -> str:
-    names = ", ".join(sorted(_field_types()))
+    names = ", ".join(sorted(RULES))
     return ("usage: torchrun [--nproc_per_node=K] train.py [--config FILE.json] [--steps N] "
             f"[--out DIR] [--resume] [--key value ...]\nkeys: {names}")

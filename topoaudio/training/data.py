@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import TrainConfig
-
-DATASETS = ("procedural", "speech_commands", "esc50", "nsynth", "word_speaker_noise")
+from .config import DATASETS, TrainConfig
 
 
 def build_datasets(config: TrainConfig):

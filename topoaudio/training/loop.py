@@ -20,17 +20,39 @@ from topoaudio import checkpoint
 from topoaudio.models import build_model, tapped
 
 from .config import TrainConfig
+from . import run_dir
 from .data import build_datasets, collate
+from .divergence import (TrainingDiverged, all_ranks_agree, first_non_finite_output,
+                         first_non_finite_state, state_is_finite)
 from .topography import TopographicLosses
 
 
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: training stopped, the last good checkpoint is kept."""
+def _init_distributed() -> bool:
+    """Join torchrun's process group when there is one to join; True when this call created it.
+    Collectives on CPU tensors go through gloo and on CUDA tensors through NCCL, so the group does
+    not depend on the run's device, which a resumed run only knows from its checkpoint."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
-def _setup_distributed(config: TrainConfig):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def _rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _from_rank_0(value, world: int):
+    """Rank 0's `value` on every rank (the default run directory holds the time, which can differ
+    between ranks by a second)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    return box[0]
+
+
+def _setup_device(config: TrainConfig):
+    rank, world = _rank_and_world()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -38,8 +60,6 @@ def _setup_distributed(config: TrainConfig):
     device = torch.device(f"cuda:{local_rank}" if want_cuda else "cpu")
     if want_cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
     if config.batch_size % world or config.batch_size // world < 2:
         raise ValueError(f"batch_size {config.batch_size} must split into >= 2 clips on each of "
                          f"{world} ranks")
@@ -86,24 +106,15 @@ def _lr_lambda(config: TrainConfig):
     return factor
 
 
-def _default_out(config: TrainConfig) -> str:
-    return os.path.join("runs", f"{config.model}-{config.topo}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _latest_run() -> str | None:
-    if not os.path.isdir("runs"):
-        return None
-    runs = [os.path.join("runs", name) for name in os.listdir("runs")
-            if os.path.isfile(os.path.join("runs", name, checkpoint.CHECKPOINT_NAME))]
-    return max(runs, key=os.path.getmtime) if runs else None
-
-
 @torch.no_grad()
-def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32) -> float:
+def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32,
+                        progress: bool = False) -> float:
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, len(dataset), batch_size):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="validation", unit="batch", leave=False, disable=not progress,
+                      dynamic_ncols=True):
         waveforms, labels = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
         logits = model(waveforms.to(device))
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
@@ -111,19 +122,44 @@ def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32)
     return correct / len(dataset)
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train; returns the final metrics (rank 0) and leaves checkpoint.pt and metrics.jsonl in
-    config.out."""
-    rank, world, device = _setup_distributed(config)
-    if resume and not config.out:
-        config.out = _latest_run() or ""
-        if not config.out:
+def train(config: TrainConfig | None = None, resume: bool = False, *,
+          requested: dict | None = None) -> dict:
+    """Train; returns the final metrics (rank 0) and leaves checkpoint.pt, config.json and
+    metrics.jsonl in the run directory (config.out, or runs/<model>-<topo>-<time>).
+
+    resume=True continues the run in config.out (default: the latest under runs/) with the
+    settings saved in its checkpoint: `requested` (the settings given on the command line) or every
+    setting of `config` must equal the saved ones, except those run_dir.CHANGEABLE_ON_RESUME lets a
+    resumed run change."""
+    if config is None and not resume:
+        raise TypeError("train: a new run needs a TrainConfig")
+    if requested is None:
+        requested = config.to_dict() if config is not None else {}
+    started = time.perf_counter()
+    created_group = _init_distributed()
+    try:
+        return _train(config, resume, requested, started)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig | None, resume: bool, requested: dict, started: float) -> dict:
+    rank, world = _rank_and_world()
+    out = requested.get("out") or (
+        (run_dir.latest_run() if resume else run_dir.default_out(config)) if rank == 0 else "")
+    out = _from_rank_0(out, world)
+    ckpt_path = os.path.join(out, checkpoint.CHECKPOINT_NAME)
+    if resume:
+        if not out:
             raise FileNotFoundError("--resume: no run with a checkpoint under runs/; pass --out DIR")
-    config.out = config.out or _default_out(config)
-    ckpt_path = os.path.join(config.out, checkpoint.CHECKPOINT_NAME)
-    if not resume and os.path.exists(ckpt_path):
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or another "
-                              "--out, so that nothing is overwritten")
+        state = checkpoint.load(ckpt_path)
+        checkpoint.check_training_state(state, ckpt_path, config_keys=TrainConfig().to_dict())
+        config = run_dir.resumed_config(state["config"], requested, state["step"], out)
+    else:
+        run_dir.check_new_run(out)
+        config.out = out
+    rank, world, device = _setup_device(config)
     train_set, val_set = build_datasets(config)
     torch.manual_seed(config.seed)
     model = build_model(config.model, len(train_set.classes)).to(device)
@@ -135,19 +171,17 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     start_step = 0
     if resume:
-        state = checkpoint.load(ckpt_path, expected_model=config.model)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        topo.load_state_dict(state["topography"])
-        checkpoint.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        checkpoint.restore(state, ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                           topography=topo)
+        checkpoint.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0],
+                                 ckpt_path)
         start_step = state["step"]
     ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                      else None) if world > 1 else model)
-    if rank == 0:
+    if rank == 0:  # written only now that the run has started, or resumed, without an error
         os.makedirs(config.out, exist_ok=True)
-        with open(os.path.join(config.out, "config.json"), "w") as handle:
-            json.dump(config.to_dict(), handle, indent=2)
+        run_dir.write_json_atomic(os.path.join(config.out, run_dir.CONFIG_NAME), config.to_dict())
+        run_dir.keep_metrics_up_to(os.path.join(config.out, run_dir.METRICS_NAME), start_step)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp
                 else nullcontext())
     metrics_path = os.path.join(config.out, "metrics.jsonl")
@@ -166,7 +200,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             task_loss = nn.functional.cross_entropy(logits.float(), labels)
         topo_total, topo_terms = topo(features, step)
         loss = task_loss + topo_total
-        _check_finite(loss, task_loss, topo_terms, step, ckpt_path, world, device)
+        _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
+                      probe=lambda: first_non_finite_output(model, waveforms))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -174,6 +209,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         optimizer.step()
         scheduler.step()
         done = step + 1
+        _check_state(model, optimizer, done, ckpt_path, world, device)
         accuracy = float((logits.argmax(dim=1) == labels).float().mean())
         last = {"step": done, "loss": float(loss.detach()), "task_loss": float(task_loss.detach()),
                 "accuracy": accuracy,
@@ -182,34 +218,65 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 "clips_per_s": config.batch_size / (time.perf_counter() - tic)}
         if rank == 0:
             progress.update(1)
-            progress.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{accuracy:.2f}")
+            progress.set_postfix(loss=f"{last['loss']:.3f}", batch_acc=f"{accuracy:.2f}")
             if done % config.log_every == 0 or done == config.steps:
                 _append_json(metrics_path, last)
             if done % config.eval_every == 0 or done == config.steps:
-                last["val_accuracy"] = validation_accuracy(model, val_set, device)
+                last["val_accuracy"] = validation_accuracy(model, val_set, device, progress=True)
+                last["chance"] = 1 / len(train_set.classes)
                 _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
-                                            "chance": 1 / len(train_set.classes)})
+                                            "chance": last["chance"]})
         if done % config.checkpoint_every == 0 or done == config.steps:
             _save(config, model, optimizer, scheduler, topo, done, ckpt_path, rank, world)
         tic = time.perf_counter()  # throughput counts the step, not evaluation or checkpointing
     progress.close()
+    _log_skipped_files(metrics_path, config.steps, {"train": train_set, "validation": val_set},
+                       rank, world, device)
+    if rank == 0:
+        print(run_dir.summary(config.out, last, time.perf_counter() - started), flush=True)
     return last
 
 
-def _check_finite(loss, task_loss, topo_terms, step, ckpt_path, world, device) -> None:
-    bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0], device=device)
-    if world > 1:
-        dist.all_reduce(bad)  # every rank stops together
-    if bad.item() == 0:
+def _kept(ckpt_path: str) -> str:
+    return (f"; the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path)
+            else "; no checkpoint was written")
+
+
+def _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
+                  probe) -> None:
+    """Stop every rank (all-reduced) when the loss of `step` is not finite, naming where it came
+    from: a tapped layer's non-finite features, a layer's topographic term, or the first module
+    whose output overflowed (`probe` re-runs the batch, only on this failure path)."""
+    if all_ranks_agree(bool(torch.isfinite(loss)), device, world):
         return
+    bad_features = [layer for layer, value in features.items()
+                    if layer in topo_terms and not bool(torch.isfinite(value).all())]
     culprits = [name for name, value in topo_terms.items() if not math.isfinite(float(value))]
-    where = ("the task loss" if not math.isfinite(float(task_loss.detach()))
-             else f"the topographic loss of layer(s) {culprits}" if culprits else "another rank")
-    kept = f"; the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else ""
-    raise TrainingDiverged(f"non-finite loss at step {step + 1}, from {where}{kept}")
+    if bad_features:
+        where = f"non-finite features of layer {bad_features[0]} in the spatial loss"
+    elif culprits:
+        where = f"the topographic loss of layer(s) {culprits}"
+    elif not math.isfinite(float(task_loss.detach())):
+        layer = probe()
+        where = f"the task loss (first non-finite output: layer {layer})" if layer else "the task loss"
+    else:
+        where = "another rank"
+    raise TrainingDiverged(f"non-finite loss at step {step + 1}, from {where}{_kept(ckpt_path)}")
+
+
+def _check_state(model, optimizer, step, ckpt_path, world, device) -> None:
+    """After each optimiser step: one fused, all-reduced finiteness check of the weights and the
+    optimiser state, so a non-finite state stops every rank before it can be saved."""
+    if state_is_finite(model, optimizer, device, world):
+        return
+    name = first_non_finite_state(model, optimizer)
+    where = f"first in {name}" if name else "on another rank"
+    raise TrainingDiverged(f"non-finite weights after step {step}, {where}{_kept(ckpt_path)}")
 
 
 def _save(config, model, optimizer, scheduler, topo, step, ckpt_path, rank, world) -> None:
+    device = next(model.parameters()).device
+    _check_state(model, optimizer, step, ckpt_path, world, device)  # never write a NaN state
     rng = checkpoint.rng_state()
     if world > 1:
         gathered = [None] * world
@@ -217,14 +284,38 @@ def _save(config, model, optimizer, scheduler, topo, step, ckpt_path, rank, worl
         rng_states = gathered
     else:
         rng_states = [rng]
+    failure = None
     if rank == 0:
-        checkpoint.save_atomic({"format_version": checkpoint.FORMAT_VERSION, "step": step,
-                                "config": config.to_dict(), "model": model.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
-                                "topography": topo.state_dict(), "rng": rng_states}, ckpt_path)
-    if world > 1:
-        dist.barrier()
+        try:
+            checkpoint.save_atomic({"format_version": checkpoint.FORMAT_VERSION, "step": step,
+                                    "config": config.to_dict(), "model": model.state_dict(),
+                                    "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(),
+                                    "topography": topo.state_dict(), "rng": rng_states}, ckpt_path)
+        except checkpoint.CheckpointWriteError as error:
+            failure = error
+    # all-reduced, so that every rank stops when rank 0 could not write (it also waits for the write)
+    if not all_ranks_agree(failure is None, device, world):
+        raise failure or checkpoint.CheckpointWriteError(
+            f"rank 0 could not write checkpoint {ckpt_path} at step {step}")
+
+
+def _log_skipped_files(metrics_path, step, datasets: dict, rank, world, device) -> None:
+    """Once per run: how many audio files each split skipped as unreadable (over every rank and
+    DataLoader worker), in metrics.jsonl and on the console. Generated data reads no files."""
+    counts = {}
+    for split, dataset in datasets.items():
+        if not hasattr(dataset, "unreadable_mask"):
+            continue
+        flags = dataset.unreadable_mask().to(device=device, dtype=torch.float32)
+        if world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        counts[split] = int(flags.sum())
+    if rank == 0 and counts:
+        _append_json(metrics_path, {"step": step, "skipped_files": counts})
+        if any(counts.values()):
+            print("skipped unreadable audio files (named in the warnings above): "
+                  + ", ".join(f"{split} {count}" for split, count in counts.items()), flush=True)
 
 
 def _append_json(path: str, record: dict) -> None:
