@@ -340,3 +340,39 @@ def test_procedural_classes_are_distinguishable():
     words = np.isin(test_y, speech)
     word_accuracy = (np.array(speech)[distances[words][:, speech].argmin(1)] == test_y[words]).mean()
     assert word_accuracy > 0.36  # words differ from each other, not just from music and noise (chance 0.2)
+
+
+# --- bad metadata and skipped files ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../outside.wav", "/etc/passwd", "sub/../../outside.wav"])
+def test_metadata_naming_files_outside_the_dataset_is_refused(esc50_root, nsynth_root, name):
+    outside = esc50_root.parent / "outside.wav"
+    write_tone(outside, 440.0)
+    csv_path = esc50_root / "meta" / "esc50.csv"
+    csv_path.write_text(csv_path.read_text() + f"{name},1,0,dog,False,1,A\n")
+    with pytest.raises(ValueError, match=f"esc50.csv names '{name}', which is not a file inside"):
+        ESC50(esc50_root, folds=(1,))
+    examples_path = nsynth_root / "nsynth-valid" / "examples.json"
+    examples = json.loads(examples_path.read_text())
+    note = name[:-len(".wav")] if name.endswith(".wav") else name
+    examples[note] = next(iter(examples.values()))
+    examples_path.write_text(json.dumps(examples))
+    with pytest.raises(ValueError, match="examples.json names .*, which is not a file inside"):
+        NSynth(nsynth_root, split="valid")
+
+
+def test_training_logs_how_many_unreadable_files_were_skipped(speech_root, tmp_path, capsys):
+    """The corrupt training clip is found by a DataLoader worker; the count still reaches the log."""
+    from topoaudio.training import train
+    from topoaudio.training.config import TrainConfig
+
+    config = TrainConfig(dataset="speech_commands", data_root=str(speech_root), clip_seconds=0.5,
+                         batch_size=4, steps=2, topo="none", warmup_steps=1, num_workers=1,
+                         log_every=1, eval_every=1000, checkpoint_every=1000, out=str(tmp_path / "run"))
+    train(config)  # 8 training clips, 2 steps of 4: one epoch, which reaches the corrupt clip
+    with open(tmp_path / "run" / "metrics.jsonl") as handle:
+        records = [json.loads(line) for line in handle]
+    skipped = [record for record in records if "skipped_files" in record]
+    assert skipped == [{"step": 2, "skipped_files": {"train": 1, "validation": 0}}]
+    assert "skipped unreadable audio files (named in the warnings above): train 1, validation 0" \
+        in capsys.readouterr().out
