@@ -4,7 +4,9 @@ predictivity and RSA; figures, a metrics JSON and a Markdown report (docs/SCIENC
 from __future__ import annotations
 
 import json
+import operator
 import pathlib
+import tempfile
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from topoaudio.analysis.stimuli import am_noise, log_spaced, pure_tones
 from topoaudio.analysis.topography import morans_i, patches, smoothness
 from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
 from topoaudio.checkpoint import load_trained
-from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165
+from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165, load_natsound165
 from topoaudio.models import tapped
 
 TONE_FREQS = log_spaced(50.0, 8000.0, 40)
@@ -55,20 +57,25 @@ def _scalar(value):
     return value
 
 
-def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100) -> dict:
-    """Every measurement for one checkpoint; figures under out_dir; returns the metrics."""
+def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
+                        source: str = "") -> dict:
+    """Every measurement for one loaded checkpoint (model, sheets, config: checkpoint.load_trained);
+    figures under out_dir; returns the metrics, labelled with `source` (the checkpoint's path)."""
     from topoaudio.brain import predict_components, rsa
 
-    model, sheets, config = load_trained(path)
+    model, sheets, config = trained
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tones = layer_responses(model, sheets, pure_tones(TONE_FREQS), device, desc="tones")
     am = layer_responses(model, sheets, am_noise(AM_RATES), device, desc="AM noise")
     natural = layer_responses(model, sheets, natsound.waveforms, device, desc="natural sounds")
-    predictivity = predict_components(natural, natsound.components)
-    metrics = {"checkpoint": str(path), "layers": {},
+    # one layer at a time, so that the cross-validated ridge (seconds per layer) shows progress
+    predictivity = {layer: predict_components(natural[layer], natsound.components)
+                    for layer in tqdm(sheets, desc="component R²", leave=False)}
+    metrics = {"checkpoint": source, "layers": {},
                **{key: config[key] for key in ("model", "topo", "seed")}}
-    for layer, sheet in tqdm(sheets.items(), desc="layers", leave=False):
+    statistics = tqdm(total=len(sheets) * 3, desc="map statistics", leave=False)
+    for layer, sheet in sheets.items():
         positions = sheet.positions
         maps = {
             "tonotopy": (torch.log2(best_frequency(tones[layer], TONE_FREQS)), "log2 best frequency (Hz)"),
@@ -78,6 +85,7 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
         }
         layer_metrics: dict = {"n_units": sheet.n_units}
         for name, (values, label) in maps.items():
+            statistics.set_postfix_str(f"{layer} {name}")
             stats = _map_statistics(values, positions, shuffles, config["seed"])
             diverging = name == "music_vs_speech"
             # a diverging map is centred on t = 0, so white means "no preference", not "mid-range"
@@ -91,6 +99,7 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
             layer_metrics[name] = {key: _scalar(stats[key]) for key in stats
                                    if key in ("smoothness", "null_mean", "null_interval", "p_value",
                                               "morans_i")}
+            statistics.update()
         t_map = maps["music_vs_speech"][0]
         for kind, values in (("music", t_map), ("speech", -t_map)):
             found = patches(values, positions, threshold=2.0)
@@ -100,6 +109,7 @@ def evaluate_checkpoint(path, natsound: NatSound165, out_dir, device="cpu", shuf
                                                  _scalar(predictivity[layer]["median_r2"]), strict=True))
         layer_metrics["rsa_components"] = float(rsa(natural[layer], natsound.components))
         metrics["layers"][layer] = layer_metrics
+    statistics.close()
     return metrics
 
 
@@ -207,18 +217,65 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
     return path
 
 
-def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
-    """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md."""
-    from topoaudio.data.natsound165 import load_natsound165
+def usable_device(device) -> torch.device:
+    """torch.device(device) if a tensor can live there, else a ValueError saying why."""
+    try:
+        resolved = torch.device(device)
+        if resolved.type == "meta":
+            raise ValueError("meta tensors hold no numbers")
+        torch.empty(0, device=resolved)  # raises when the device is absent or not built in
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"device {device!r} is not usable here: {reason}") from None
+    return resolved
 
+
+def count_of_shuffles(shuffles) -> int:
+    try:
+        count = operator.index(shuffles)  # ints (NumPy's too), not floats or strings
+    except TypeError:
+        count = -1
+    if count < 0 or isinstance(shuffles, bool):
+        raise ValueError(f"shuffles must be an integer >= 0, got {shuffles!r}")
+    return count
+
+
+def writable_directory(out_dir) -> pathlib.Path:
+    """out_dir created if needed and proven writable (a file is written and removed), so that a bad
+    --out fails before minutes of measurement rather than at the first figure."""
+    out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is an existing file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"output directory {out} cannot be created or written: "
+                         f"{error.strerror or error}") from None
+    return out
+
+
+def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
+    """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md.
+
+    Everything that can be wrong with the inputs is found before the first measurement, in order
+    of cost: the settings, the output directory, every natsound165 file, then every checkpoint
+    (all loaded first). Errors are ValueError / FileNotFoundError naming the setting or file."""
+    shuffles = count_of_shuffles(shuffles)
+    device = usable_device(device)
     paths = [pathlib.Path(p) for p in checkpoints]
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint(s) not found: {missing}")
+    out = writable_directory(out_dir)
     natsound = load_natsound165(natsound_dir)
-    out = pathlib.Path(out_dir)
-    runs = [evaluate_checkpoint(path, natsound, out / f"run{index}", device, shuffles)
-            for index, path in enumerate(tqdm(paths, desc="checkpoints"))]
+    trained = [load_trained(path) for path in tqdm(paths, desc="loading checkpoints", leave=False)]
+    runs = [evaluate_checkpoint(model, natsound, out / f"run{index}", device, shuffles, str(path))
+            for index, (path, model) in enumerate(tqdm(list(zip(paths, trained, strict=True)),
+                                                       desc="checkpoints"))]
     summary = summarise(runs)
     (out / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     report = write_report(out, runs, summary)
