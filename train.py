@@ -8,10 +8,12 @@ With no arguments: cochcnn with the whole-sheet spatial loss on the embedded pro
 """
 import sys
 
+from topoaudio.checkpoint import CheckpointWriteError
 from topoaudio.training import TrainingDiverged, main
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged,
+            CheckpointWriteError) as error:
         sys.exit(f"train.py: {error}")

@@ -275,3 +275,33 @@ def test_a_full_disk_keeps_the_previous_checkpoint_with_one_line(tmp_path, monke
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
     assert sorted(os.listdir(config.out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+# --- what the command line shows ---------------------------------------------------------------------
+
+def run_train_py(monkeypatch, *args) -> str:
+    """train.py run in this process (so monkeypatches hold); returns what it exits with."""
+    import runpy
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setattr("sys.argv", ["train.py", *args])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(os.path.join(repo, "train.py"), run_name="__main__")
+    return str(exited.value.code)
+
+
+def test_train_py_prints_one_line_for_a_bad_checkpoint_and_a_full_disk(tmp_path, monkeypatch):
+    config = run_with_checkpoint(tmp_path / "garbage", b"\x00" * 100)
+    message = run_train_py(monkeypatch, "--resume", "--out", config.out)
+    assert message == f"train.py: {config.out}/checkpoint.pt is not a topoaudio checkpoint " \
+                      "(no 'topoaudio checkpoint' header)"
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    out = tmp_path / "full"
+    message = run_train_py(monkeypatch, "--out", str(out), "--steps", "1", "--topo", "none",
+                           *[f"--{key}={value}" for key, value in TINY.items()])
+    assert message == (f"train.py: could not write checkpoint {out}/checkpoint.pt: No space left on "
+                       "device; no checkpoint was written")
