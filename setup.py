@@ -2,6 +2,8 @@
 
 The C++ CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are added whenever nvcc is
 found (CUDA_HOME or /usr/local/cuda), for sm_90, unless TOPOAUDIO_NO_CUDA=1. DEBUG=1 builds -O0 -g.
+TOPOAUDIO_NO_EXTENSION=1 installs the Python package alone (no topoaudio._C: the ops fall back to
+their torch and Triton backends, with a warning); the install tests use it to stay fast.
 Layout: the Python package in topoaudio/, the Triton kernels in the top-level kernels/ (installed
 as topoaudio.kernels through package_dir), the C++/CUDA kernels in csrc/. Install with
 `pip install --no-build-isolation -e .` (recommended) or `python setup.py develop`: with setuptools
@@ -14,6 +16,7 @@ import os
 import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.develop import develop
 
 
 def find_cuda_home():
@@ -35,6 +38,22 @@ if CUDA_HOME is not None:
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
 
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+class DevelopWithTheToolsHere(develop):
+    """setuptools >= 80 runs `pip install -e .` for `setup.py develop`, by default in an isolated
+    build environment that downloads torch again (GBs) to compile against; build against the torch
+    of this environment instead, as `pip install --no-build-isolation -e .` does."""
+
+    def run(self):
+        os.environ.setdefault("PIP_NO_BUILD_ISOLATION", "0")  # pip reads it inverted: "0" = no isolation
+        super().run()
+
+
+def extensions():
+    if os.environ.get("TOPOAUDIO_NO_EXTENSION", "0") == "1":
+        return []
+    return [extension()]
 
 
 def extension():
@@ -71,8 +90,8 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "scipy"]},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "develop": DevelopWithTheToolsHere},
     entry_points={"console_scripts": ["topoaudio=topoaudio.cli:main",
                                       "topoaudio-demo=topoaudio.demo:main"]},
 )
