@@ -305,3 +305,26 @@ def test_train_py_prints_one_line_for_a_bad_checkpoint_and_a_full_disk(tmp_path,
                            *[f"--{key}={value}" for key, value in TINY.items()])
     assert message == (f"train.py: could not write checkpoint {out}/checkpoint.pt: No space left on "
                        "device; no checkpoint was written")
+
+
+def test_every_ddp_rank_stops_at_the_same_diverged_step(tmp_path):
+    """Two CPU processes: the all-reduced check stops both ranks, each with the same one line,
+    and neither hangs waiting for the other."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ddp"
+    settings = {**TINY, "steps": 8, "topo": "none", "lr": 1e9, "warmup_steps": 0, "grad_clip": 0.0,
+                "checkpoint_every": 1}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(repo, "train.py"), "--out", str(out)]
+    command += [f"--{key}={value}" for key, value in settings.items()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: non-finite")]
+    assert len(lines) == 2 and lines[0] == lines[1], result.stderr[-3000:]
+    step = int(re.search(r"(?:at|after) step (\d+)", lines[0]).group(1))
+    assert checkpoint.load(str(out / "checkpoint.pt"))["step"] == step - 1
+    assert_all_finite(str(out / "checkpoint.pt"))
