@@ -95,9 +95,9 @@ def _band_extents(filters: np.ndarray) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # The registered ops.
 
-# The op's scalar arguments are the configuration itself, so the registered op is the public
-# contract: its implementation picks the backend and fetches the cached filters at run time, which
-# keeps torch.compile graphs free of host-side decisions and NumPy.
+# The op's scalar arguments are the configuration itself and the backend the caller resolved
+# (a plain string in the graph, saved for the backward): its implementation fetches the cached
+# filters at run time, which keeps torch.compile graphs free of NumPy.
 def _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power,
                offset, clip_value) -> CochleagramConfig:
     return CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
