@@ -8,8 +8,7 @@
 # with it. At most 8 files come back from $OUT: everything lands in the 8 below.
 # The GPU machine has python3 with torch, triton, pytest and pytest-benchmark but no network; where
 # pytest is missing it is installed from bench/wheels (fill it with `make wheels`, then carry it).
-# The golden fixtures live outside the repository: copy ../shared/fixtures to .gpu_shared/fixtures
-# (ignored) and carry .gpu_shared.
+# The golden cochleagram fixtures ship in tests/fixtures: nothing to carry beside the tree.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/gpu_out}
@@ -18,7 +17,6 @@ PY=${PYTHON:-python3}
 DEADLINE=$(( $(date +%s) + ${1:-480} ))
 SCRATCH=$(mktemp -d)
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
-[ -d .gpu_shared ] && export TOPOAUDIO_SHARED=$PWD/.gpu_shared
 STAGES=${STAGES:-tests test_cochleagram test_spatial_loss test_training_step test_brain sweep}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
