@@ -189,7 +189,7 @@ def check_value(name: str, value):
         items = [_typed(rule.item, item) for item in typed]
         typed = None if any(item is None for item in items) else items
     if typed is None:
-        raise ValueError(f"{name}: {value!r} ({type(value).__name__}) is not a {expected}")
+        raise ValueError(f"{name} must be of type {expected}, got {value!r} ({type(value).__name__})")
     numbers = [typed] if rule.kind is float else typed if rule.item is float else []
     if any(not math.isfinite(number) for number in numbers):
         raise ValueError(f"{name}: {value!r} is not finite")
