@@ -1,7 +1,5 @@
 """Brain predictivity (SCIENCE.md section 7): ridge with efficient LOO, splits, noise correction,
 component predictivity on the real NH2015 components, RSA, and the loaders' errors."""
-import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -22,10 +20,6 @@ from topoaudio.brain import (
     split_indices,
     voxel_predictivity,
 )
-
-SHARED = pathlib.Path(os.environ.get("TOPOAUDIO_SHARED",
-                                     pathlib.Path(__file__).resolve().parents[1].parent / "shared"))
-NATSOUND = SHARED / "natsound165"
 
 
 def planted(n_sounds=165, n_features=30, n_targets=20, noise=0.5, seed=0):
@@ -185,8 +179,8 @@ def test_voxel_pipeline_corrects_noise_and_picks_the_true_layer():
 
 # ---- components ----
 
-def test_components_predicted_from_noisy_components_and_not_from_noise():
-    names, component_names, R = load_components(NATSOUND)
+def test_components_predicted_from_noisy_components_and_not_from_noise(natsound165_dir):
+    names, component_names, R = load_components(natsound165_dir)
     g = torch.Generator().manual_seed(0)
     noisy = R + 0.2 * R.std(0) * torch.randn(R.shape, generator=g, dtype=torch.float64)
     random = torch.randn(165, 50, generator=g, dtype=torch.float64)
@@ -199,16 +193,16 @@ def test_components_predicted_from_noisy_components_and_not_from_noise():
     torch.testing.assert_close(single["r2"], out["noisy"]["r2"])
 
 
-def test_load_components_matches_by_name():
-    names, component_names, R = load_components(NATSOUND)
+def test_load_components_matches_by_name(natsound165_dir):
+    names, component_names, R = load_components(natsound165_dir)
     assert component_names == ["lowfreq", "highfreq", "envsounds", "pitch", "speech", "music"]
     assert len(names) == 165 and R.shape == (165, 6) and R.dtype == torch.float64
     order = sorted(names)
-    reordered_names, _, reordered = load_components(NATSOUND, order=[f"wav/{n}.wav" for n in order])
+    reordered_names, _, reordered = load_components(natsound165_dir, order=[f"wav/{n}.wav" for n in order])
     assert reordered_names == order
     torch.testing.assert_close(reordered[order.index(names[7])], R[7])
     with pytest.raises(ValueError, match="not in the file"):
-        load_components(NATSOUND, order=["stim0_not_a_sound"])
+        load_components(natsound165_dir, order=["stim0_not_a_sound"])
 
 
 # ---- RSA ----
