@@ -299,7 +299,8 @@ def test_a_missing_or_damaged_component_file_is_named(fault, synthetic_natsound1
 
 
 BAD_SETTINGS = {
-    "negative shuffles": (["--shuffles", "-1"], "--shuffles: must be an integer >= 0"),
+    "negative shuffles": (["--shuffles", "-1"], "--shuffles: must be an integer >= 1"),
+    "no shuffles": (["--shuffles", "0"], "--shuffles: must be an integer >= 1"),
     "fractional shuffles": (["--shuffles", "1.5"], "--shuffles: invalid"),
     "unknown device": (["--device", "gpu0"], "device 'gpu0' is not usable here"),
     "absent device": (["--device", "cuda:99"], "device 'cuda:99' is not usable here"),
@@ -315,6 +316,17 @@ def test_bad_settings_are_refused_before_any_file_is_read(setting, tmp_path, no_
     message = refused(["--checkpoint", str(dummy), "--natsound165", str(tmp_path / "nowhere"),
                        "--out", str(tmp_path / "out")] + extra)
     assert problem in message and "nowhere" not in message
+
+
+@pytest.mark.parametrize("shuffles", [0, -2, 2.0, "3", True])
+def test_the_library_checks_its_settings_too(shuffles, tmp_path, no_checkpoint_loaded):
+    expected = f"shuffles must be an integer >= 1, got {re.escape(repr(shuffles))}"
+    with pytest.raises(ValueError, match=expected):
+        evaluation.evaluate_checkpoints([tmp_path / "model.pt"], tmp_path / "nowhere", tmp_path / "out",
+                                        shuffles=shuffles)
+    with pytest.raises(ValueError, match="device 'tpu' is not usable here"):
+        evaluation.evaluate_checkpoints([tmp_path / "model.pt"], tmp_path / "nowhere", tmp_path / "out",
+                                        device="tpu")
 
 
 @pytest.mark.parametrize("where", ["an existing file", "below a file"])

@@ -22,10 +22,10 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(f"{self.prog}: {message} (see --help)")
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)  # argparse turns the ValueError into "invalid non_negative_int value"
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse turns the ValueError into "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
 
 
@@ -37,8 +37,8 @@ def main(argv=None) -> dict:
                         help="directory with wav/, category_labels.csv and components.mat")
     parser.add_argument("--out", required=True, help="directory for figures, metrics.json, report.md")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--shuffles", type=non_negative_int, default=100,
-                        help="shuffles for the smoothness null (0: no null)")
+    parser.add_argument("--shuffles", type=positive_int, default=100,
+                        help="shuffles for the smoothness null (at least 1)")
     args = parser.parse_args(argv)
     from topoaudio.analysis.evaluation import evaluate_checkpoints
 

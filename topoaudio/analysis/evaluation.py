@@ -231,12 +231,13 @@ def usable_device(device) -> torch.device:
 
 
 def count_of_shuffles(shuffles) -> int:
+    """The smoothness null's shuffle count: an integer >= 1 (smoothness() needs one to draw a null)."""
     try:
         count = operator.index(shuffles)  # ints (NumPy's too), not floats or strings
     except TypeError:
-        count = -1
-    if count < 0 or isinstance(shuffles, bool):
-        raise ValueError(f"shuffles must be an integer >= 0, got {shuffles!r}")
+        count = 0
+    if count < 1 or isinstance(shuffles, bool):
+        raise ValueError(f"shuffles must be an integer >= 1, got {shuffles!r}")
     return count
 
 
