@@ -6,7 +6,7 @@ For each configuration: a correctness check against the float64 chunked PyTorch 
 then the median time (triton.testing.do_bench) at the sheet sizes that matter: a CochResNet50
 stage in training (N = 14,336, B = 64) and the issue's benchmark size (N = 16,384, B = 256).
 Prints a table, best first per size; the chosen default is WEIGHTED_SUM in
-topoaudio/kernels/spatial_loss.py.
+kernels/spatial_loss.py.
 """
 import json
 import sys
