@@ -148,7 +148,8 @@ BAD_COMMAND_LINES = [
 ]
 
 
-@pytest.mark.parametrize("argv, problem", BAD_COMMAND_LINES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize("argv, problem", BAD_COMMAND_LINES,
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_a_bad_setting_on_the_command_line_is_refused_by_name(argv, problem):
     with pytest.raises(ValueError, match=problem):
         parse_args(argv)
@@ -165,7 +166,8 @@ BAD_JSON = [
 ]
 
 
-@pytest.mark.parametrize("values, problem", BAD_JSON, ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
+@pytest.mark.parametrize("values, problem", BAD_JSON,
+                         ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
 def test_a_json_value_of_the_wrong_type_is_refused_by_name(tmp_path, values, problem):
     path = tmp_path / "preset.json"
     path.write_text(json.dumps(values))

@@ -9,8 +9,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from topoaudio.models import MODELS
 from topoaudio.ops.spatial_common import KINDS as SPATIAL_KINDS

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from topoaudio import checkpoint
 from topoaudio.models import build_model, tapped
 
-from .config import TrainConfig
 from . import run_dir
+from .config import TrainConfig
 from .data import build_datasets, collate
 from .divergence import (TrainingDiverged, all_ranks_agree, first_non_finite_output,
                          first_non_finite_state, state_is_finite)
