@@ -13,8 +13,8 @@ import sys
 
 import torch
 import triton.testing
-
 from topoaudio.kernels import spatial_loss as kernels
+
 from topoaudio.ops import spatial_torch
 from topoaudio.ops.spatial_common import unit_vectors
 

@@ -5,6 +5,7 @@ RNG state, as a run that never stopped. Rank 0 logs JSON lines and shows a progr
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -22,8 +23,13 @@ from topoaudio.models import build_model, tapped
 from . import run_dir
 from .config import TrainConfig
 from .data import build_datasets, collate
-from .divergence import (TrainingDiverged, all_ranks_agree, first_non_finite_output,
-                         first_non_finite_state, state_is_finite)
+from .divergence import (
+    TrainingDiverged,
+    all_ranks_agree,
+    first_non_finite_output,
+    first_non_finite_state,
+    state_is_finite,
+)
 from .topography import TopographicLosses
 
 
@@ -201,7 +207,7 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
         topo_total, topo_terms = topo(features, step)
         loss = task_loss + topo_total
         _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
-                      probe=lambda: first_non_finite_output(model, waveforms))
+                      probe=functools.partial(first_non_finite_output, model, waveforms))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
