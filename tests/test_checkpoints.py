@@ -309,7 +309,9 @@ def test_train_py_prints_one_line_for_a_bad_checkpoint_and_a_full_disk(tmp_path,
 
 def test_every_ddp_rank_stops_at_the_same_diverged_step(tmp_path):
     """Two CPU processes: the all-reduced check stops both ranks, each with the same one line,
-    and neither hangs waiting for the other."""
+    and neither hangs waiting for the other. The ranks are started by hand, not by torchrun, which
+    kills the other ranks as soon as one exits with an error (so it cannot show both lines)."""
+    import socket
     import subprocess
     import sys
 
@@ -317,14 +319,25 @@ def test_every_ddp_rank_stops_at_the_same_diverged_step(tmp_path):
     out = tmp_path / "ddp"
     settings = {**TINY, "steps": 8, "topo": "none", "lr": 1e9, "warmup_steps": 0, "grad_clip": 0.0,
                 "checkpoint_every": 1}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(repo, "train.py"), "--out", str(out)]
+    command = [sys.executable, os.path.join(repo, "train.py"), "--out", str(out)]
     command += [f"--{key}={value}" for key, value in settings.items()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: non-finite")]
-    assert len(lines) == 2 and lines[0] == lines[1], result.stderr[-3000:]
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=str(tmp_path),
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+                                   "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in range(2)]
+    lines = []
+    for process in ranks:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode != 0, stderr[-3000:]
+        found = re.findall(r"train\.py: non-finite[^\n]*", stderr)
+        assert len(found) == 1, stderr[-3000:]
+        lines += found
+    assert lines[0] == lines[1]
     step = int(re.search(r"(?:at|after) step (\d+)", lines[0]).group(1))
     assert checkpoint.load(str(out / "checkpoint.pt"))["step"] == step - 1
     assert_all_finite(str(out / "checkpoint.pt"))

@@ -92,6 +92,14 @@ def refused(argv) -> str:
     return message
 
 
+def refused_before_any_checkpoint(tmp_path, natsound, out=None, extra=()) -> str:
+    """The one line evaluate exits with when given a checkpoint file it must never read."""
+    dummy = tmp_path / "model.pt"
+    dummy.write_bytes(b"never read")
+    return refused(["--checkpoint", str(dummy), "--natsound165", str(natsound),
+                    "--out", str(out or tmp_path / "out"), *extra])
+
+
 @pytest.fixture
 def no_checkpoint_loaded(monkeypatch):
     """Fails the test if the command loads a checkpoint (input errors come first)."""
@@ -203,10 +211,7 @@ def test_a_damaged_wav_is_named_before_any_checkpoint_is_loaded(fault, synthetic
     directory = natsound_copy(synthetic_natsound165, tmp_path)
     data, problem = BAD_WAVS[fault]
     replace(directory / "wav" / "stim7_sound7.wav", data())
-    dummy = tmp_path / "model.pt"
-    dummy.write_bytes(b"never read")
-    message = refused(["--checkpoint", str(dummy), "--natsound165", str(directory),
-                       "--out", str(tmp_path / "out")])
+    message = refused_before_any_checkpoint(tmp_path, directory)
     assert f"{directory / 'wav' / 'stim7_sound7.wav'}: {problem}" in message
 
 
@@ -243,10 +248,7 @@ def test_a_missing_or_malformed_label_file_is_named(fault, synthetic_natsound165
     if content is not None:  # the fault first, then the 165 good rows (the first bad line is named)
         labels.write_bytes(content if isinstance(content, bytes) else
                            (content + good if content else "").encode())
-    dummy = tmp_path / "model.pt"
-    dummy.write_bytes(b"never read")
-    message = refused(["--checkpoint", str(dummy), "--natsound165", str(directory),
-                       "--out", str(tmp_path / "out")])
+    message = refused_before_any_checkpoint(tmp_path, directory)
     assert str(labels) in message and problem in message
 
 
@@ -291,10 +293,7 @@ def test_a_missing_or_damaged_component_file_is_named(fault, synthetic_natsound1
     path.unlink()
     if data is not None:
         path.write_bytes(data)
-    dummy = tmp_path / "model.pt"
-    dummy.write_bytes(b"never read")
-    message = refused(["--checkpoint", str(dummy), "--natsound165", str(directory),
-                       "--out", str(tmp_path / "out")])
+    message = refused_before_any_checkpoint(tmp_path, directory)
     assert str(path) in message and problem in message
 
 
@@ -311,10 +310,7 @@ BAD_SETTINGS = {
 @pytest.mark.parametrize("setting", list(BAD_SETTINGS))
 def test_bad_settings_are_refused_before_any_file_is_read(setting, tmp_path, no_checkpoint_loaded):
     extra, problem = BAD_SETTINGS[setting]
-    dummy = tmp_path / "model.pt"
-    dummy.write_bytes(b"never read")
-    message = refused(["--checkpoint", str(dummy), "--natsound165", str(tmp_path / "nowhere"),
-                       "--out", str(tmp_path / "out")] + extra)
+    message = refused_before_any_checkpoint(tmp_path, tmp_path / "nowhere", extra=extra)
     assert problem in message and "nowhere" not in message
 
 
@@ -334,10 +330,7 @@ def test_out_that_cannot_be_a_directory_is_refused_first(where, tmp_path, no_che
     blocker = tmp_path / "taken"
     blocker.write_text("someone's file")
     out = blocker if where == "an existing file" else blocker / "eval"
-    dummy = tmp_path / "model.pt"
-    dummy.write_bytes(b"never read")
-    message = refused(["--checkpoint", str(dummy), "--natsound165", str(tmp_path / "nowhere"),
-                       "--out", str(out)])
+    message = refused_before_any_checkpoint(tmp_path, tmp_path / "nowhere", out=out)
     assert f"output directory {out}" in message and "nowhere" not in message
     assert blocker.read_text() == "someone's file"
 
