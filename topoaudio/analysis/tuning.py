@@ -10,8 +10,9 @@ from collections.abc import Iterable
 
 import torch
 
-# A group whose standard deviation is <= this times max(1, |mean|) counts as zero-variance (the
-# rule of the spatial loss, section 3): float rounding must not turn a constant unit into a t value.
+# A group whose standard deviation is <= this times max(1, |mean|) counts as zero-variance: float
+# rounding must not turn a constant unit into a t value. (Not scale-invariant, unlike the spatial
+# loss's rule in docs/SCIENCE.md section 3; kept as the results on docs/RESULTS.md were computed.)
 ZERO_VARIANCE_EPS = 1e-6
 
 

@@ -144,7 +144,13 @@ def train(config: TrainConfig | None = None, resume: bool = False, *,
     started = time.perf_counter()
     created_group = _init_distributed()
     try:
-        return _train(config, resume, requested, started)
+        result = _train(config, resume, requested, started)
+        if created_group:
+            # No rank tears the group down while another still talks to it (gloo aborts a peer
+            # whose connection closes mid-collective). Only on success: after a failure the
+            # other ranks may be gone, and a barrier would wait for them forever.
+            dist.barrier()
+        return result
     finally:
         if created_group:
             dist.destroy_process_group()
