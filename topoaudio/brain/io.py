@@ -1,5 +1,9 @@
 """Loading brain data from user-given directories: NH2015 voxel responses and components.
 
+The components.mat reader and the stimulus-name helpers live in the data layer
+(topoaudio.data.nh2015_files: components.mat is a file of the natsound165 set); they are re-exported
+here.
+
 The McDermott lab's files are not redistributed with the project (SCIENCE.md section 7); users point
 these loaders at their copies. Rows are sounds; `order` reorders them by stimulus name so they line
 up with the model's features. Names are compared without directory and without a ".wav" suffix.
@@ -12,66 +16,19 @@ import numpy as np
 import scipy.io
 import torch
 
-N_SOUNDS = 165
+from topoaudio.data.nh2015_files import (
+    N_SOUNDS,
+    existing_path,
+    reorder_rows,
+    stimulus_name,
+    stimulus_names,
+)
+from topoaudio.data.nh2015_files import load_components as load_components  # re-exported
+
 N_REPETITIONS = 3
 VOXEL_FILES = ("voxels.npz", "voxels.mat", "voxels.npy", "voxel_features_array.npy")
 ARRAY_KEYS = ("voxels", "data", "voxel_features_array")
 NAME_KEYS = ("stim_names", "stimulus_names", "names")
-
-
-def stimulus_name(raw) -> str:
-    """'stim7_applause' from b'stim7_applause.wav', 'wav/stim7_applause.wav', a MATLAB cell, ..."""
-    while isinstance(raw, np.ndarray):  # loadmat wraps cell strings in 1-element arrays
-        raw = raw.reshape(-1)[0] if raw.size else ""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    name = pathlib.PurePosixPath(str(raw).strip()).name
-    return name[:-4] if name.lower().endswith(".wav") else name
-
-
-def _names(raw) -> list[str]:
-    return [stimulus_name(item) for item in np.asarray(raw, dtype=object).reshape(-1)]
-
-
-def reorder_rows(values: np.ndarray, names: list[str], order, what: str):
-    """Rows of values (named by names) rearranged to follow order: (order's names, values[order])."""
-    order = [stimulus_name(name) for name in order]
-    position = {name: i for i, name in enumerate(names)}
-    missing = [name for name in order if name not in position]
-    if missing:
-        raise ValueError(f"{what}: {len(missing)} requested sounds are not in the file, e.g. {missing[:5]}")
-    return order, values[[position[name] for name in order]]
-
-
-def _directory(path) -> pathlib.Path:
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return path
-
-
-def load_components(natsound_dir, order=None):
-    """The NH2015 voxel components from `components.mat` in a natsound165 directory.
-
-    Returns (stim_names [165] list, component_names [6] list, R [165, 6] float64 tensor), rows in the
-    file's stim_names order, or in `order` (a list of stimulus names) when given.
-    """
-    path = _directory(natsound_dir) / "components.mat"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: point this at the natsound165 directory "
-                                "holding components.mat")
-    mat = scipy.io.loadmat(path)
-    missing = [key for key in ("R", "stim_names", "component_names") if key not in mat]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}")
-    R = np.asarray(mat["R"], dtype=np.float64)
-    names, component_names = _names(mat["stim_names"]), _names(mat["component_names"])
-    if R.shape != (len(names), len(component_names)) or len(names) != N_SOUNDS:
-        raise ValueError(f"{path}: R is {R.shape}, expected [{N_SOUNDS} sounds, {len(component_names)} "
-                         f"components] matching {len(names)} stim_names")
-    if order is not None:
-        names, R = reorder_rows(R, names, order, str(path))
-    return names, component_names, torch.from_numpy(np.ascontiguousarray(R))
 
 
 def _find_voxel_file(path: pathlib.Path) -> pathlib.Path:
@@ -97,7 +54,7 @@ def _read_keyed(path: pathlib.Path):
         found = [key for key in contents if not key.startswith("__")]
         raise ValueError(f"{path} holds {found}: expected the voxel array under one of {list(ARRAY_KEYS)}")
     name_key = next((key for key in NAME_KEYS if key in contents), None)
-    return contents[array_key], (_names(contents[name_key]) if name_key else None)
+    return contents[array_key], (stimulus_names(contents[name_key]) if name_key else None)
 
 
 def _read_npy(path: pathlib.Path):
@@ -111,7 +68,7 @@ def _read_npy(path: pathlib.Path):
         names = [stimulus_name(line) for line in lines if line.strip()]
     elif (path.parent / "neural_stim_meta.npy").is_file():
         meta = np.load(path.parent / "neural_stim_meta.npy", allow_pickle=False)
-        names = _names([row[0] for row in meta])
+        names = stimulus_names([row[0] for row in meta])
     meta_path = path.parent / "voxel_features_meta.npy"
     if meta_path.is_file():
         meta = np.load(meta_path, allow_pickle=False)
@@ -132,7 +89,7 @@ def load_voxels(directory, n_sounds: int = N_SOUNDS, order=None):
     (the file must name its sounds). Raises FileNotFoundError / ValueError naming what is missing,
     mis-shaped or non-finite.
     """
-    path = _find_voxel_file(_directory(directory))
+    path = _find_voxel_file(existing_path(directory))
     array, names = _read_npy(path) if path.suffix == ".npy" else _read_keyed(path)
     array = np.asarray(array, dtype=np.float64)
     if array.ndim != 3 or array.shape[0] != n_sounds or array.shape[2] != N_REPETITIONS:

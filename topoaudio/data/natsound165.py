@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from .datasets import load_clip
+from .nh2015_files import N_SOUNDS, load_components
 
-N_SOUNDS = 165
 # The published set: every sound is 2.0 s at 44.1 kHz (README of the natsound165 repository).
 FILE_SR = 44100
 FILE_SECONDS = 2.0
@@ -93,8 +93,6 @@ def _raise_for(problems: list[tuple[pathlib.Path, str]]) -> None:
 
 
 def _read_components(root: pathlib.Path, names: list[str]):
-    from topoaudio.brain import load_components
-
     path = root / "components.mat"
     try:
         _, component_names, components = load_components(root, order=names)
