@@ -69,9 +69,11 @@ def natsound_copy(source, tmp_path):
     return target
 
 
-def replace(path: pathlib.Path, data: bytes) -> None:
+def replace(path: pathlib.Path, data: bytes | None) -> None:
+    """Replace the file by a new one (never writing through natsound_copy's links); None removes it."""
     path.unlink()
-    path.write_bytes(data)
+    if data is not None:
+        path.write_bytes(data)
 
 
 def wav_bytes(samples: np.ndarray, sr: int) -> bytes:
@@ -243,11 +245,9 @@ def test_a_missing_or_malformed_label_file_is_named(fault, synthetic_natsound165
     directory = natsound_copy(synthetic_natsound165, tmp_path)
     content, problem = LABEL_FAULTS[fault]
     labels = directory / "category_labels.csv"
-    good = labels.read_text()
-    labels.unlink()
-    if content is not None:  # the fault first, then the 165 good rows (the first bad line is named)
-        labels.write_bytes(content if isinstance(content, bytes) else
-                           (content + good if content else "").encode())
+    # the fault first, then the 165 good rows (the first bad line is named)
+    replace(labels, None if content is None else content if isinstance(content, bytes) else
+            (content + labels.read_text() if content else "").encode())
     message = refused_before_any_checkpoint(tmp_path, directory)
     assert str(labels) in message and problem in message
 
@@ -289,10 +289,7 @@ def test_a_missing_or_damaged_component_file_is_named(fault, synthetic_natsound1
     directory = natsound_copy(synthetic_natsound165, tmp_path)
     make, problem = COMPONENT_FAULTS[fault]
     path = directory / "components.mat"
-    data = make(synthetic_natsound165) if make else None
-    path.unlink()
-    if data is not None:
-        path.write_bytes(data)
+    replace(path, make(synthetic_natsound165) if make else None)
     message = refused_before_any_checkpoint(tmp_path, directory)
     assert str(path) in message and problem in message
 
