@@ -24,8 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# quick: the sizes behind the README's claims; `make bench FULL=1` adds the large cases
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only --benchmark-json bench/last.json
+	$(PY) -m pytest bench --benchmark-only $(if $(FULL),--full) --benchmark-json bench/last.json
 	$(PY) bench/report.py bench/last.json
 
 lint: $(STAMP)

@@ -21,6 +21,8 @@ def machine(info: dict) -> str:
 
 
 def _label(bench: dict) -> str:
+    if "variant" in bench["extra_info"]:  # written by conftest.record
+        return bench["extra_info"]["variant"]
     params = bench.get("params") or {}
     for key in ("backend", "topo", "dtype"):
         if key in params:
@@ -35,14 +37,17 @@ def main(path: str) -> None:
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
     for group, benches in groups.items():
-        # the baseline each row is compared with: the reference op, or the step without topography
-        reference = next((b for b in benches if _label(b) in ("reference", "none")), None)
+        # the baseline each row is compared with: the one conftest.record names (the reference op,
+        # the step without topography, today's step), else a row labelled reference or none
+        named = benches[0]["extra_info"].get("baseline")
+        reference = next((b for b in benches if _label(b) in ((named,) if named else ("reference", "none"))),
+                         None)
         print(f"**{group}**\n")
         rate_key = "clips_per_s" if "clips_per_s" in benches[0]["extra_info"] else "tflops_per_product"
         rate_name = "clips/s" if rate_key == "clips_per_s" else "TFLOP/s (2 N² B)"
         print(f"| variant | median ms | {rate_name} | peak MB | speed-up vs baseline "
-              "| memory vs baseline |")
-        print("|---|---:|---:|---:|---:|---:|")
+              "| memory vs baseline | check against the reference |")
+        print("|---|---:|---:|---:|---:|---:|---|")
         for bench in benches:
             median, extra = bench["stats"]["median"], bench["extra_info"]
             speed = memory = "-"
@@ -54,7 +59,7 @@ def main(path: str) -> None:
             rate = extra.get(rate_key, extra.get("tflops", float("nan")))
             peak = "n/a" if extra.get("peak_mb") is None else f"{extra['peak_mb']:.0f}"
             print(f"| {backend} | {median * 1e3:.1f} | {rate:.{1 if rate_key == 'clips_per_s' else 3}f} "
-                  f"| {peak} | {speed} | {memory} |")
+                  f"| {peak} | {speed} | {memory} | {extra.get('check', '-')} |")
         print()
 
 

@@ -2,12 +2,14 @@
 fits per layer and split (each repetition and their mean), alpha by efficient LOO over 17 values.
 
 Target on two CPU cores: <= 60 s for the whole pipeline (float64).
-Run: pytest bench/test_brain.py --benchmark-only [--benchmark-json FILE]
+Not a claim of the README: runs only with --full.
+Run: pytest bench/test_brain.py --benchmark-only --full [--benchmark-json FILE]
 """
 import time
 
+import pytest
 import torch
-from conftest import bench_device, synchronize
+from conftest import bench_device, record, synchronize
 
 from topoaudio.brain import voxel_predictivity
 
@@ -16,6 +18,7 @@ N_SOUNDS, N_VOXELS, N_SPLITS = 165, 7694, 10
 LAYER_WIDTHS = (512, 1024, 1024, 2048, 2048)  # typical widths of time-averaged CNN layers
 
 
+@pytest.mark.full
 def test_voxel_predictivity(benchmark):
     g = torch.Generator().manual_seed(0)
     features = {f"layer{i}": torch.randn(N_SOUNDS, width, generator=g, dtype=torch.float64).to(DEVICE)
@@ -39,6 +42,7 @@ def test_voxel_predictivity(benchmark):
     fits = len(LAYER_WIDTHS) * N_SPLITS * 4
     benchmark.extra_info.update(device=DEVICE, n_voxels=N_VOXELS, n_layers=len(LAYER_WIDTHS),
                                 n_splits=N_SPLITS, ridge_fits=fits, seconds=seconds, peak_mb=None)
+    record(benchmark, "voxel_predictivity", baseline="-")
     print(f"\nvoxel predictivity {DEVICE}: {N_VOXELS} voxels x {N_SPLITS} splits x {len(LAYER_WIDTHS)} "
           f"layers x 4 fits, widths {LAYER_WIDTHS}: {seconds:.1f} s "
           f"({seconds / fits * 1e3:.0f} ms per fit of {N_VOXELS} voxels)")
