@@ -6,7 +6,10 @@ to the sums are written once here, in float64, and autograd carries them back to
 """
 from __future__ import annotations
 
+import collections
 import math
+import threading
+import weakref
 
 import torch
 
@@ -49,12 +52,73 @@ def check_spatial_args(features, positions, kind: str, radius, eps):
     if batch < 2:
         raise ValueError(f"batch size is {batch}: a correlation over the batch needs at least 2 "
                          "samples")
-    if not bool(torch.isfinite(features).all()):
+    check_finite_features(features)
+    # A sheet's positions rarely change: checked once per tensor and in-place version.
+    SHEET_CACHE.get(positions, ("finite",), lambda: _check_finite_positions(positions))
+    return kind, radius, eps
+
+
+def check_finite_features(features: torch.Tensor) -> None:
+    """ValueError counting the NaN/Inf values of features. One reduction and one read in the common
+    (finite) case: amax propagates NaN and keeps Inf, so the largest |x| is finite exactly when
+    every value is; the count is taken only on the way to the error."""
+    with torch.no_grad():
+        peak = float(features.abs().amax())
+    if not math.isfinite(peak):
         raise ValueError(f"features contain {int((~torch.isfinite(features)).sum())} NaN or Inf values")
+
+
+def _check_finite_positions(positions: torch.Tensor) -> bool:
     if not bool(torch.isfinite(positions).all()):
         raise ValueError(f"positions contain {int((~torch.isfinite(positions)).sum())} NaN or Inf "
                          "values")
-    return kind, radius, eps
+    return True
+
+
+class TensorCache:
+    """Values derived from a tensor's data (a sheet's positions: finiteness, Morton order, radius
+    check, W row sums), computed once per tensor and per in-place version instead of every call.
+
+    An entry is found by the tensor's id and used only if a weak reference still points at that
+    very tensor (a freed tensor's id may be reused) and its version counter (tensor._version, bumped
+    by every in-place write, also through views), storage address, shape, strides, dtype and device
+    are unchanged (``.data =`` swaps storage without a version bump). Never stale, then: a change
+    recomputes. Inference tensors have no version counter and are not cached, nor is anything
+    while torch.compile traces. Bounded (least recently used entries go), thread-safe."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(tensor: torch.Tensor):
+        return (tensor._version, tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype,
+                tensor.device)
+
+    def get(self, tensor: torch.Tensor, key: tuple, compute):
+        if tensor.is_inference() or torch.compiler.is_compiling():
+            return compute()
+        full_key, stamp = (id(tensor), key), self._stamp(tensor)
+        with self._lock:
+            entry = self._entries.get(full_key)
+            if entry is not None and entry[0]() is tensor and entry[1] == stamp:
+                self._entries.move_to_end(full_key)
+                return entry[2]
+        value = compute()
+        with self._lock:
+            self._entries[full_key] = (weakref.ref(tensor), stamp, value)
+            self._entries.move_to_end(full_key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+SHEET_CACHE = TensorCache()
 
 
 def compute_dtype(features: torch.Tensor) -> torch.dtype:
@@ -68,9 +132,14 @@ def scaled_per_unit(x: torch.Tensor) -> torch.Tensor:
     neither overflow (|x| > 1.8e19 in float32) nor underflow (|x| < 1e-19). Correlations, and the
     dead-unit rule below, do not change under a positive scale per unit: the loss is
     scale-invariant, as a correlation is. The scale carries no gradient (nothing depends on it)."""
+    return x / power_of_two_scale(x)
+
+
+def power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per column of x [B, N]: the power of two at or above its largest |x| (1 for a zero column)."""
     largest = x.detach().abs().amax(dim=0)
     _, exponent = torch.frexp(largest)  # largest = m * 2^exponent, 0.5 <= m < 1; 0 gives 0
-    return x / torch.ldexp(torch.ones_like(largest), exponent)
+    return torch.ldexp(torch.ones_like(largest), exponent)
 
 
 def live_units(centred_norm: torch.Tensor, scaled: torch.Tensor, eps: float) -> torch.Tensor:
@@ -149,3 +218,27 @@ def has_pair_within(positions: torch.Tensor, radius: float) -> bool:
             if bool((found & close).any()):
                 return True
     return False
+
+
+def loss_and_grad_from_sums(sums: list[float], kind: str,
+                            dtype: torch.dtype) -> tuple[float, tuple[float, float, float, float]]:
+    """loss_from_sums on Python floats (the same float64 arithmetic, without a tensor op per
+    scalar) and its gradient with respect to the sums (r, r^2, w r, |r - w|). For sums already on
+    the host (the CPU path), where one small op per scalar would cost more than the kernels."""
+    count, _, w2, r, r2, wr, abs_diff = sums
+    w = sums[1]
+    if kind == "absolute":
+        return abs_diff / count, (0.0, 0.0, 0.0, 1.0 / count)
+    rel_tol = variance_rel_tol(dtype)
+    mean_r, mean_w = r / count, w / count
+    cov = wr / count - mean_r * mean_w
+    var_r = max(r2 / count - mean_r ** 2, 0.0)
+    var_w = max(w2 / count - mean_w ** 2, 0.0)
+    if not (var_r > rel_tol * r2 / count and var_w > rel_tol * w2 / count):
+        return 0.5, (0.0, 0.0, 0.0, 0.0)  # no variance on one side: correlation 0, as pearson_from_sums
+    inv_denom = 1.0 / math.sqrt(var_r * var_w)
+    rho = cov * inv_denom
+    # loss = (1 - rho) / 2; rho = cov / sqrt(var_r var_w); d rho/d var_r = -rho / (2 var_r)
+    d_cov, d_var_r = -0.5 * inv_denom, 0.25 * rho / var_r
+    d_r = (d_cov * -mean_w + d_var_r * -2.0 * mean_r) / count
+    return (1.0 - rho) / 2, (d_r, d_var_r / count, d_cov / count, 0.0)

@@ -20,10 +20,14 @@ from . import dispatch, spatial_torch
 from . import reference as _reference
 from .settings import backend_name, finite_number
 from .spatial_common import (
+    SHEET_CACHE,
     check_spatial_args,
     compute_dtype,
     has_pair_within,
+    live_units,
+    loss_and_grad_from_sums,
     loss_from_sums,
+    power_of_two_scale,
     spatial_settings,
     unit_vectors,
 )
@@ -87,18 +91,16 @@ def _(z, positions, radius, all_pairs, backend):
 def _pair_sums_backward_op(grad_sums: torch.Tensor, z: torch.Tensor, positions: torch.Tensor,
                            wz: torch.Tensor, radius: float, all_pairs: bool,
                            backend: str) -> torch.Tensor:
-    g_r, g_r2, g_wr, g_abs = (float(g) for g in grad_sums[3:7].cpu())
     if all_pairs:
-        # d/dz_i of the pair sums (the i = j terms are removed in _all_pairs_sums)
+        # d/dz_i of the pair sums (the i = j terms are removed in _all_pairs_sums). The
+        # coefficients stay device tensors: reading them on the host would wait for the GPU.
+        g_r, g_r2, g_wr = grad_sums[3:6].to(z.dtype).unbind()
         s = z.sum(dim=0, keepdim=True)
         self_dot = (z * z).sum(dim=1, keepdim=True)
-        grad = g_r * (s - z) + g_wr * (wz - z)
-        if g_r2 != 0.0:
-            grad = grad + 2 * g_r2 * (z @ (z.t() @ z) - self_dot * z)
-        return grad
+        return g_r * (s - z) + g_wr * (wz - z) + 2 * g_r2 * (z @ (z.t() @ z) - self_dot * z)
     _, _, pair_grad = _primitives(backend)
-    coef = torch.tensor([g_r, g_r2, g_wr, g_abs], dtype=torch.float64)
-    return pair_grad(z, positions, radius, coef)
+    # The tile kernels take the four coefficients as host numbers (one read of 32 bytes).
+    return pair_grad(z, positions, radius, grad_sums[3:7].cpu())
 
 
 @_pair_sums_backward_op.register_fake
@@ -162,20 +164,119 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     name = dispatch.choose(OP_NAME, features.device, backend)
     if name == "reference":
         return _reference.spatial_loss(features, positions, kind=kind, radius=radius, eps=eps)
-    if radius is not None and not has_pair_within(positions, radius):
-        raise ValueError(f"no pair of units lies within radius {radius} mm: every unit is "
-                         "farther than that from all others; use a larger radius or None")
-    # The one place inputs get the layout every kernel assumes (row-major, contiguous): z is built
-    # contiguous, positions of any strides (a transposed [2, N] view, a slice) are copied here.
-    z, _ = unit_vectors(features, eps)
-    positions = positions.detach().to(z.dtype).contiguous()
-    all_pairs = kind == "relative" and radius is None
-    if not all_pairs:
-        order = morton_order(positions)
-        z, positions = z[order].contiguous(), positions[order].contiguous()
-    sums, _ = _pair_sums_op(z, positions, math.inf if radius is None else radius, all_pairs, name)
     dtype = compute_dtype(features)
+    all_pairs = kind == "relative" and radius is None
+    sheet = _sheet(positions, dtype, radius, all_pairs)
+    if features.device.type == "cpu":
+        return _CpuSpatialLoss.apply(features, sheet, kind, radius, eps, name)
+    # The one place inputs get the layout every kernel assumes (row-major, contiguous): z is built
+    # contiguous, positions of any strides (a transposed [2, N] view, a slice) are copied (once
+    # per sheet, in _sheet).
+    z, _ = unit_vectors(features, eps)
+    if sheet.order is not None:
+        z = z[sheet.order].contiguous()
+    sums, _ = _pair_sums_op(z, sheet.positions, math.inf if radius is None else radius, all_pairs,
+                            name)
     return loss_from_sums(sums, kind, dtype).to(dtype)
+
+
+class _Sheet:
+    """What spatial_loss derives from a positions tensor alone, once per tensor and version
+    (SHEET_CACHE): positions contiguous in the compute dtype (Morton-sorted for tiled kinds), the
+    order and its inverse, and per backend the W row-sum totals of the all-pairs path."""
+
+    def __init__(self, positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
+                 all_pairs: bool):
+        if radius is not None and not has_pair_within(positions, radius):
+            raise ValueError(f"no pair of units lies within radius {radius} mm: every unit is "
+                             "farther than that from all others; use a larger radius or None")
+        p = positions.detach().to(dtype).contiguous()
+        self.order = self.inverse = None
+        if not all_pairs:
+            self.order = morton_order(p)
+            self.inverse = torch.argsort(self.order)
+            p = p[self.order].contiguous()
+        self.positions = p
+        self.n_units = p.shape[0]
+        self.w_totals: dict[str, tuple[float, float]] = {}  # backend -> (sum w, sum w^2) over i < j
+
+
+def _sheet(positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
+           all_pairs: bool) -> _Sheet:
+    return SHEET_CACHE.get(positions, ("sheet", dtype, radius, all_pairs),
+                           lambda: _Sheet(positions, dtype, radius, all_pairs))
+
+
+class _CpuSpatialLoss(torch.autograd.Function):
+    """The whole loss on CPU tensors (any CPU backend's primitives) as one autograd node with a
+    hand-written backward: unit vectors, pair sums, the float64 loss on host floats. At small N the
+    cost is the number of small ops, not the kernels (issue 10: 552 aten calls at N = 64 through
+    autograd of each step); here the sums are on the host anyway, so reading them costs no sync.
+    Same sums, same formulas as the registered-op path the GPU takes (spatial_common)."""
+
+    @staticmethod
+    def forward(ctx, features, sheet, kind, radius, eps, backend):
+        dtype = compute_dtype(features)
+        x = features.detach().to(dtype)
+        if sheet.order is not None:
+            x = x[:, sheet.order]  # columns are units: sorting them first sorts z's rows
+        # unit vectors as unit_vectors computes them, keeping what the backward needs
+        scale = power_of_two_scale(x)
+        x = x / scale
+        centred = x - x.mean(dim=0)
+        norm = centred.norm(dim=0)
+        inv_norm = torch.where(live_units(norm, x, eps), norm.reciprocal(), 0.0)  # 0: dead unit
+        z = (centred * inv_norm).t().contiguous()  # [N, B]
+        weighted_sum, pair_sums, pair_grad = _primitives(backend)
+        n_units = sheet.n_units
+        if kind == "relative" and radius is None:
+            wz, w_rows, w2_rows = weighted_sum(z, sheet.positions)
+            if backend not in sheet.w_totals:  # positions alone fix W: once per sheet
+                totals = torch.stack([w_rows.double().sum(), w2_rows.double().sum()]).tolist()
+                sheet.w_totals[backend] = tuple((t - n_units) / 2 for t in totals)
+            s = z.sum(dim=0)
+            gram = z.t() @ z
+            self_dot = (z * z).sum(dim=1)
+            f64 = torch.float64
+            sd = self_dot.to(f64)
+            # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike
+            raw = torch.stack([torch.linalg.vecdot(s.to(f64), s.to(f64)), sd.sum(),
+                               torch.linalg.vecdot(sd, sd), gram.to(f64).square().sum(),
+                               torch.linalg.vecdot(z.to(f64), wz.to(f64)).sum()]).tolist()
+            s_r, s_r2, s_wr = ((raw[0] - raw[1]) / 2, (raw[3] - raw[2]) / 2, (raw[4] - raw[1]) / 2)
+            sums = [n_units * (n_units - 1) / 2, *sheet.w_totals[backend], s_r, s_r2, s_wr, 0.0]
+            ctx.all_pairs = (wz, s, gram, self_dot)
+        else:
+            sums = pair_sums(z, sheet.positions, math.inf if radius is None else radius).tolist()
+            ctx.all_pairs = None
+        loss, ctx.coef = loss_and_grad_from_sums(sums, kind, dtype)
+        ctx.z, ctx.factor, ctx.sheet, ctx.radius = z, inv_norm / scale, sheet, radius
+        ctx.pair_grad, ctx.features_dtype = pair_grad, features.dtype
+        return torch.tensor(loss, dtype=dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        g = float(grad_loss)
+        c_r, c_r2, c_wr, c_abs = (g * c for c in ctx.coef)
+        z = ctx.z
+        if ctx.all_pairs is not None:
+            # d/dz_i of the all-pairs sums: c_r (s - z_i) + c_wr ((W z)_i - z_i)
+            # + 2 c_r2 (z_i Z^T Z - |z_i|^2 z_i)
+            wz, s, gram, self_dot = ctx.all_pairs
+            grad_z = torch.addmm(wz * c_wr + s * c_r, z, gram, alpha=2 * c_r2)
+            grad_z -= (self_dot * (2 * c_r2) + (c_r + c_wr)).unsqueeze(1) * z
+        else:
+            coef = torch.tensor([c_r, c_r2, c_wr, c_abs], dtype=torch.float64)
+            grad_z = ctx.pair_grad(z, ctx.sheet.positions, math.inf if ctx.radius is None else ctx.radius,
+                                    coef)
+        # back through z = (x / scale - mean) / norm per unit: project out z, centre, scale
+        grad_zt, zt = grad_z.t(), z.t()
+        u = grad_zt - zt * (zt * grad_zt).sum(dim=0)
+        grad = (u - u.mean(dim=0)) * ctx.factor
+        if ctx.sheet.inverse is not None:
+            grad = grad[:, ctx.sheet.inverse]
+        return grad.to(ctx.features_dtype), None, None, None, None, None
 
 
 class SpatialLoss(nn.Module):
