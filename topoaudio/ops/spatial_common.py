@@ -29,9 +29,10 @@ def spatial_settings(kind: str, radius, eps) -> tuple[str, float | None, float]:
     return kind, radius, positive_number("eps", eps)
 
 
-def check_spatial_args(features, positions, kind: str, radius, eps):
+def check_spatial_args(features, positions, kind: str, radius, eps, check_values: bool = True):
     """ValueError naming the problem, before any work; returns (kind, radius, eps) as
-    spatial_settings does."""
+    spatial_settings does. check_values=False leaves the features' finiteness to the caller
+    (check_finite_features), which may read it from a reduction it computes anyway."""
     if not isinstance(features, torch.Tensor) or not isinstance(positions, torch.Tensor):
         raise ValueError("spatial_loss expects torch.Tensor features [B, N] and positions [N, 2]")
     kind, radius, eps = spatial_settings(kind, radius, eps)
@@ -52,7 +53,8 @@ def check_spatial_args(features, positions, kind: str, radius, eps):
     if batch < 2:
         raise ValueError(f"batch size is {batch}: a correlation over the batch needs at least 2 "
                          "samples")
-    check_finite_features(features)
+    if check_values:
+        check_finite_features(features)
     # A sheet's positions rarely change: checked once per tensor and in-place version.
     SHEET_CACHE.get(positions, ("finite",), lambda: _check_finite_positions(positions))
     return kind, radius, eps

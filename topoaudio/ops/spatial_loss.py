@@ -21,13 +21,12 @@ from . import reference as _reference
 from .settings import backend_name, finite_number
 from .spatial_common import (
     SHEET_CACHE,
+    check_finite_features,
     check_spatial_args,
     compute_dtype,
     has_pair_within,
-    live_units,
     loss_and_grad_from_sums,
     loss_from_sums,
-    power_of_two_scale,
     spatial_settings,
     unit_vectors,
 )
@@ -160,14 +159,17 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
         >>> x, pos = torch.randn(32, 1000), torch.rand(1000, 2) * 10
         >>> loss = ops.spatial_loss(x, pos)          # about 0.5 for random responses
     """
-    kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps)
+    on_cpu = isinstance(features, torch.Tensor) and features.device.type == "cpu"
+    # the CPU path checks values itself, from a reduction it needs anyway
+    kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps,
+                                           check_values=not on_cpu)
     name = dispatch.choose(OP_NAME, features.device, backend)
     if name == "reference":
         return _reference.spatial_loss(features, positions, kind=kind, radius=radius, eps=eps)
     dtype = compute_dtype(features)
     all_pairs = kind == "relative" and radius is None
     sheet = _sheet(positions, dtype, radius, all_pairs)
-    if features.device.type == "cpu":
+    if on_cpu:
         return _CpuSpatialLoss.apply(features, sheet, kind, radius, eps, name)
     # The one place inputs get the layout every kernel assumes (row-major, contiguous): z is built
     # contiguous, positions of any strides (a transposed [2, N] view, a slice) are copied (once
@@ -207,48 +209,97 @@ def _sheet(positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
                            lambda: _Sheet(positions, dtype, radius, all_pairs))
 
 
+_CONSTANTS: dict = {}
+
+
+def _constant(value, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d CPU tensor, made once: a Python number in a tensor op is wrapped into a new tensor
+    on every call (several aten calls each), which at small N costs more than the op."""
+    key = (value, dtype)
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
+    return _CONSTANTS[key]
+
+
+# IEEE exponent field and its lowest bit, per float type and same-width integer type
+_EXPONENT_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x00800000),
+                  torch.float64: (torch.int64, 0x7FF0000000000000, 0x0010000000000000)}
+
+
+def _power_of_two_above(largest: torch.Tensor) -> torch.Tensor:
+    """2^(floor(log2 |largest|) + 1) per element, from the exponent bits: the scale of
+    spatial_common.power_of_two_scale (frexp and ldexp take a dozen aten calls) for normal
+    numbers; 0 and subnormals get the smallest normal power of two, which divides exactly too."""
+    int_type, mask, low_bit = _EXPONENT_BITS[largest.dtype]
+    bits = largest.view(int_type).bitwise_and(_constant(mask, int_type))
+    return bits.add_(_constant(low_bit, int_type)).view(largest.dtype)
+
+
 class _CpuSpatialLoss(torch.autograd.Function):
     """The whole loss on CPU tensors (any CPU backend's primitives) as one autograd node with a
     hand-written backward: unit vectors, pair sums, the float64 loss on host floats. At small N the
     cost is the number of small ops, not the kernels (issue 10: 552 aten calls at N = 64 through
     autograd of each step); here the sums are on the host anyway, so reading them costs no sync.
-    Same sums, same formulas as the registered-op path the GPU takes (spatial_common)."""
+    Same sums, same zero-variance rule and formulas as the registered-op path the GPU takes.
+    Ops are written to the fewest aten calls (constants as cached tensors, scalars as alpha=,
+    float64 reductions as dot products); bench/test_host_cost.py and tests/ count them."""
 
     @staticmethod
     def forward(ctx, features, sheet, kind, radius, eps, backend):
+        # (Function.forward runs without autograd recording: no detach needed.)
         dtype = compute_dtype(features)
-        x = features.detach().to(dtype)
+        x = features if features.dtype == dtype else features.to(dtype)
         if sheet.order is not None:
-            x = x[:, sheet.order]  # columns are units: sorting them first sorts z's rows
-        # unit vectors as unit_vectors computes them, keeping what the backward needs
-        scale = power_of_two_scale(x)
+            x = x.index_select(1, sheet.order)  # columns are units: sorting them sorts z's rows
+        # NaN propagates through amax, Inf stays: the peak is finite iff every value is. It is
+        # read with the sums (one host read); non-finite values make units dead, so the work
+        # before the check is harmless
+        largest = x.abs().amax(dim=0)
+        peak = largest.amax(dim=0, keepdim=True).to(torch.float64)
+        # unit vectors as spatial_common.unit_vectors computes them (exact power-of-two scale,
+        # centring, the same live-unit rule), keeping what the backward needs
+        batch, n_units = x.shape
+        scale = _power_of_two_above(largest)
         x = x / scale
-        centred = x - x.mean(dim=0)
-        norm = centred.norm(dim=0)
-        inv_norm = torch.where(live_units(norm, x, eps), norm.reciprocal(), 0.0)  # 0: dead unit
-        z = (centred * inv_norm).t().contiguous()  # [N, B]
+        centred = x - x.sum(dim=0).div_(_constant(batch, dtype))
+        norm = torch.linalg.vector_norm(centred, dim=0)
+        live = norm > torch.linalg.vector_norm(x, dim=0).mul_(_constant(eps, dtype))
+        inv_norm = torch.where(live, norm.reciprocal(), _constant(0.0, dtype))  # 0: dead unit
+        z = torch.empty(n_units, batch, dtype=dtype)
+        torch.mul(centred, inv_norm, out=z.permute(1, 0))  # z [N, B], written row-major
         weighted_sum, pair_sums, pair_grad = _primitives(backend)
-        n_units = sheet.n_units
+        f64 = torch.float64
         if kind == "relative" and radius is None:
             wz, w_rows, w2_rows = weighted_sum(z, sheet.positions)
             if backend not in sheet.w_totals:  # positions alone fix W: once per sheet
-                totals = torch.stack([w_rows.double().sum(), w2_rows.double().sum()]).tolist()
+                totals = (w_rows.double().sum().item(), w2_rows.double().sum().item())
                 sheet.w_totals[backend] = tuple((t - n_units) / 2 for t in totals)
-            s = z.sum(dim=0)
-            gram = z.t() @ z
-            self_dot = (z * z).sum(dim=1)
-            f64 = torch.float64
-            sd = self_dot.to(f64)
+            # float64 from here (the registered-op path converts the same quantities): s, the
+            # B x B Gram, |z_i|^2, and the backward's algebra
+            z64 = z.to(f64)
+            wz64 = wz.to(f64)
+            s = z64.sum(dim=0)
+            z64_t = z64.permute(1, 0)
+            gram = torch.mm(z64_t, z64)
+            self_dot = (z64 * z64).sum(dim=1, keepdim=True)
+            flat_sd, flat_gram = self_dot.view(-1), gram.view(-1)
+            peak, s2, sum_sd, sd2, gram2, zwz = torch.cat([
+                peak, torch.dot(s, s).view(1), flat_sd.sum(dim=0, keepdim=True),
+                torch.dot(flat_sd, flat_sd).view(1), torch.dot(flat_gram, flat_gram).view(1),
+                torch.dot(z64.view(-1), wz64.view(-1)).view(1),
+            ]).tolist()  # one host read for the six numbers
             # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike
-            raw = torch.stack([torch.linalg.vecdot(s.to(f64), s.to(f64)), sd.sum(),
-                               torch.linalg.vecdot(sd, sd), gram.to(f64).square().sum(),
-                               torch.linalg.vecdot(z.to(f64), wz.to(f64)).sum()]).tolist()
-            s_r, s_r2, s_wr = ((raw[0] - raw[1]) / 2, (raw[3] - raw[2]) / 2, (raw[4] - raw[1]) / 2)
+            s_r, s_r2, s_wr = (s2 - sum_sd) / 2, (gram2 - sd2) / 2, (zwz - sum_sd) / 2
             sums = [n_units * (n_units - 1) / 2, *sheet.w_totals[backend], s_r, s_r2, s_wr, 0.0]
-            ctx.all_pairs = (wz, s, gram, self_dot)
+            ctx.all_pairs = (z64, z64_t, wz64, s, gram, self_dot)
         else:
-            sums = pair_sums(z, sheet.positions, math.inf if radius is None else radius).tolist()
+            sums = pair_sums(z, sheet.positions, math.inf if radius is None else radius)
+            peak, *sums = torch.cat([peak, sums]).tolist()
             ctx.all_pairs = None
+        if not math.isfinite(peak):
+            check_finite_features(features)
         loss, ctx.coef = loss_and_grad_from_sums(sums, kind, dtype)
         ctx.z, ctx.factor, ctx.sheet, ctx.radius = z, inv_norm / scale, sheet, radius
         ctx.pair_grad, ctx.features_dtype = pair_grad, features.dtype
@@ -257,26 +308,34 @@ class _CpuSpatialLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        g = float(grad_loss)
+        g = grad_loss.item()
         c_r, c_r2, c_wr, c_abs = (g * c for c in ctx.coef)
-        z = ctx.z
         if ctx.all_pairs is not None:
             # d/dz_i of the all-pairs sums: c_r (s - z_i) + c_wr ((W z)_i - z_i)
-            # + 2 c_r2 (z_i Z^T Z - |z_i|^2 z_i)
-            wz, s, gram, self_dot = ctx.all_pairs
-            grad_z = torch.addmm(wz * c_wr + s * c_r, z, gram, alpha=2 * c_r2)
-            grad_z -= (self_dot * (2 * c_r2) + (c_r + c_wr)).unsqueeze(1) * z
+            # + 2 c_r2 (z_i Z^T Z - |z_i|^2 z_i), in float64
+            z, zt, wz, s, gram, self_dot = ctx.all_pairs
+            grad_z = torch.addmm(wz, z, gram, beta=c_wr, alpha=2 * c_r2)
+            grad_z.add_(s, alpha=c_r).sub_(z, alpha=c_r + c_wr)
+            grad_z.sub_(self_dot * z, alpha=2 * c_r2)
         else:
+            z = ctx.z
+            zt = z.permute(1, 0)
             coef = torch.tensor([c_r, c_r2, c_wr, c_abs], dtype=torch.float64)
-            grad_z = ctx.pair_grad(z, ctx.sheet.positions, math.inf if ctx.radius is None else ctx.radius,
-                                    coef)
+            grad_z = ctx.pair_grad(z, ctx.sheet.positions,
+                                   math.inf if ctx.radius is None else ctx.radius, coef)
         # back through z = (x / scale - mean) / norm per unit: project out z, centre, scale
-        grad_zt, zt = grad_z.t(), z.t()
+        grad_zt = grad_z.permute(1, 0)
         u = grad_zt - zt * (zt * grad_zt).sum(dim=0)
-        grad = (u - u.mean(dim=0)) * ctx.factor
+        u -= u.sum(dim=0).div_(_constant(u.shape[0], u.dtype))
         if ctx.sheet.inverse is not None:
-            grad = grad[:, ctx.sheet.inverse]
-        return grad.to(ctx.features_dtype), None, None, None, None, None
+            u = u.index_select(1, ctx.sheet.inverse)
+            factor = ctx.factor.index_select(0, ctx.sheet.inverse)
+        else:
+            factor = ctx.factor
+        grad = u * factor  # (out of place: in place, float64 *= float32 costs a conversion)
+        if grad.dtype != ctx.features_dtype:
+            grad = grad.to(ctx.features_dtype)
+        return grad, None, None, None, None, None
 
 
 class SpatialLoss(nn.Module):
