@@ -69,6 +69,7 @@ def test_triton_interpreter_matches_reference_float64(n_units, batch, kind, radi
 def test_triton_weighted_sum_split_columns_add_up(dtype):
     # small sheets split W's column loop over programs; every split count gives the same sums
     from topoaudio.kernels import spatial_loss as triton_kernels
+
     from topoaudio.ops import spatial_torch
     from topoaudio.ops.spatial_common import unit_vectors
 
@@ -248,3 +249,60 @@ def test_has_pair_within_agrees_with_brute_force():
 def test_bad_input_is_rejected(features, positions, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ops.spatial_loss(features, positions, **kwargs)
+
+
+# --- host cost (issue 10) ----------------------------------------------------------------------
+
+# aten calls of one forward+backward at N = 64, B = 16 on the CPU (all pairs, the default kind):
+# 552 before issue 10, 146 after. A count, not a time: deterministic for a given torch, so a unit
+# test; the time is bench/test_host_cost.py's.
+HOST_COST_ATEN_CALLS = 150
+
+
+def count_aten_calls(fn) -> int:
+    """aten:: events (nested ones included, as the profiler lists them) of one call of fn."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for event in prof.events() if event.name.startswith("aten::"))
+
+
+def host_cost_step(n_units=64, batch=16, backend="cpp", **kwargs):
+    """One forward+backward at the issue's small size, as the benchmark times it."""
+    generator = torch.Generator().manual_seed(10)
+    features = torch.randn(batch, n_units, generator=generator).requires_grad_(True)
+    positions = torch.rand(n_units, 2, generator=generator) * 4
+
+    def step():
+        features.grad = None
+        ops.spatial_loss(features, positions, backend=backend, **kwargs).backward()
+    return step
+
+
+def test_small_sheet_forward_backward_stays_within_the_aten_call_budget():
+    step = host_cost_step()
+    step()  # per-sheet constants are made on the first call; the count is of a later one
+    assert count_aten_calls(step) <= HOST_COST_ATEN_CALLS
+
+
+def test_sheet_constants_follow_in_place_changes_of_positions():
+    features, positions = make_inputs(40, 6)
+    for kind, radius in VARIANTS:
+        ops.spatial_loss(features, positions, kind=kind, radius=radius, backend="cpp")  # cached
+        moved = positions.clone()
+        positions.mul_(1.7)  # in place: same tensor, new version
+        ours = ops.spatial_loss(features, positions, kind=kind, radius=radius, backend="cpp")
+        expected = ops.reference.spatial_loss(features, positions, kind=kind, radius=radius)
+        assert ours.item() == pytest.approx(expected.item(), rel=1e-9), (kind, radius)
+        positions.copy_(moved)
+    far = torch.arange(40, dtype=torch.float64)[:, None] * torch.tensor([0.4, 0.0], dtype=torch.float64)
+    ops.spatial_loss(features, far, radius=0.5, backend="cpp")  # neighbours 0.4 mm apart
+    far.mul_(10.0)  # now 4 mm: no pair lies within the radius, and the cached check must not say so
+    with pytest.raises(ValueError, match="no pair of units lies within radius"):
+        ops.spatial_loss(features, far, radius=0.5, backend="cpp")
+    bad = positions.clone()
+    ops.spatial_loss(features, bad, backend="cpp")
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="positions contain 1 NaN"):
+        ops.spatial_loss(features, bad, backend="cpp")

@@ -263,7 +263,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
         batch, n_units = x.shape
         scale = _power_of_two_above(largest)
         x = x / scale
-        centred = x - x.sum(dim=0).div_(_constant(batch, dtype))
+        centred = x - x.sum(dim=0, keepdim=True).div_(_constant(batch, dtype))
         norm = torch.linalg.vector_norm(centred, dim=0)
         live = norm > torch.linalg.vector_norm(x, dim=0).mul_(_constant(eps, dtype))
         inv_norm = torch.where(live, norm.reciprocal(), _constant(0.0, dtype))  # 0: dead unit
@@ -303,7 +303,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
         loss, ctx.coef = loss_and_grad_from_sums(sums, kind, dtype)
         ctx.z, ctx.factor, ctx.sheet, ctx.radius = z, inv_norm / scale, sheet, radius
         ctx.pair_grad, ctx.features_dtype = pair_grad, features.dtype
-        return torch.tensor(loss, dtype=dtype)
+        return torch.full((), loss, dtype=dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -325,8 +325,9 @@ class _CpuSpatialLoss(torch.autograd.Function):
                                    math.inf if ctx.radius is None else ctx.radius, coef)
         # back through z = (x / scale - mean) / norm per unit: project out z, centre, scale
         grad_zt = grad_z.permute(1, 0)
-        u = grad_zt - zt * (zt * grad_zt).sum(dim=0)
-        u -= u.sum(dim=0).div_(_constant(u.shape[0], u.dtype))
+        # (keepdim=True sums skip a squeeze: one aten call fewer each)
+        u = grad_zt - zt * (zt * grad_zt).sum(dim=0, keepdim=True)
+        u -= u.sum(dim=0, keepdim=True).div_(_constant(u.shape[0], u.dtype))
         if ctx.sheet.inverse is not None:
             u = u.index_select(1, ctx.sheet.inverse)
             factor = ctx.factor.index_select(0, ctx.sheet.inverse)
