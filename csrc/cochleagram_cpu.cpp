@@ -4,10 +4,13 @@
 // BLAS does the multiply-adds: with the taps zero-padded to Q = ceil(W / D) blocks of D,
 //   P[b, q] = sum_p |z[b D + p]| h[q D + p]        (a [blocks, D] x [D, Q] GEMM per row)
 //   env[f]  = sum_q P[f + q, q]                     (Q diagonals)
-// The magnitudes live only for one chunk of rows (the caller's chunk), never for the batch.
+// Rows are handed out to the threads dynamically in one parallel region per call
+// (parallel_blocks.h); each thread computes a whole row, its magnitudes and its GEMM
+// (single-threaded) in buffers of its own, so a thread slowed by another process on its core
+// holds back at most the row it has taken, and each row's numbers do not depend on the schedule.
 #include "cochleagram.h"
 
-#include <ATen/Parallel.h>
+#include "parallel_blocks.h"
 #include <algorithm>
 #include <cmath>
 
@@ -67,26 +70,22 @@ std::vector<at::Tensor> envelope_downsample_forward_cpu(const at::Tensor& analyt
   const int64_t rows = analytic.size(0), length = analytic.size(1);
   const Polyphase poly = polyphase_taps(taps, stride, n_frames);
   const int64_t span = poly.blocks * stride;  // may exceed length by < stride (zero taps there)
-  auto magnitude = at::empty({rows, span}, analytic.options());
   auto out = at::empty({rows, n_frames}, analytic.options());
   auto envelope = at::empty({rows, n_frames}, analytic.options());
   AT_DISPATCH_FLOATING_TYPES(analytic.scalar_type(), "envelope_downsample_forward_cpu", [&] {
     const scalar_t* z = analytic.data_ptr<scalar_t>();
-    scalar_t* m = magnitude.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        magnitudes(z + row * length * 2, m + row * span, std::min(span, length), span);
-      }
-    });
-    const auto phase_sums =
-        at::matmul(magnitude.view({rows, poly.blocks, stride}), poly.taps.t()).contiguous();
-    const scalar_t* p = phase_sums.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* e = envelope.data_ptr<scalar_t>();
     const auto pw = static_cast<scalar_t>(power), off = static_cast<scalar_t>(offset);
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const scalar_t* pr = p + row * poly.blocks * poly.phases;
+    const auto taps_t = poly.taps.t();
+    run_block_workers(rows, [&](const auto& take) {
+      auto magnitude = at::empty({poly.blocks, stride}, analytic.options());
+      auto phase_sums = at::empty({poly.blocks, poly.phases}, analytic.options());
+      scalar_t* m = magnitude.data_ptr<scalar_t>();
+      const scalar_t* pr = phase_sums.data_ptr<scalar_t>();
+      for (int64_t row = take(); row < rows; row = take()) {
+        magnitudes(z + row * length * 2, m, std::min(span, length), span);
+        at::mm_out(phase_sums, magnitude, taps_t);
         for (int64_t f = 0; f < n_frames; ++f) {
           scalar_t acc = 0;
           for (int64_t q = 0; q < poly.phases; ++q) acc += pr[(f + q) * poly.phases + q];
@@ -111,25 +110,25 @@ at::Tensor envelope_downsample_backward_cpu(const at::Tensor& analytic, const at
   const int64_t rows = analytic.size(0), length = analytic.size(1);
   const Polyphase poly = polyphase_taps(taps, stride, n_frames);
   const int64_t span = poly.blocks * stride;
-  // Transpose of the diagonal sum: frame f's gradient goes to P[f + q, q] for every q.
-  auto grad_phase = at::zeros({rows, poly.blocks, poly.phases}, analytic.options());
   auto grad_analytic = at::empty_like(analytic);
   AT_DISPATCH_FLOATING_TYPES(analytic.scalar_type(), "envelope_downsample_backward_cpu", [&] {
     const scalar_t* g = grad_envelope.data_ptr<scalar_t>();
-    scalar_t* gp = grad_phase.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row)
-        for (int64_t f = 0; f < n_frames; ++f)
-          for (int64_t q = 0; q < poly.phases; ++q)
-            gp[(row * poly.blocks + f + q) * poly.phases + q] = g[row * n_frames + f];
-    });
-    const auto grad_magnitude = at::matmul(grad_phase, poly.taps).contiguous();  // [rows, blocks, D]
-    const scalar_t* gm = grad_magnitude.data_ptr<scalar_t>();
     const scalar_t* z = analytic.data_ptr<scalar_t>();
     scalar_t* gz = grad_analytic.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        magnitude_backward(z + row * length * 2, gm + row * span, gz + row * length * 2,
+    run_block_workers(rows, [&](const auto& take) {
+      auto grad_phase = at::empty({poly.blocks, poly.phases}, analytic.options());
+      auto grad_magnitude = at::empty({poly.blocks, stride}, analytic.options());
+      scalar_t* gp = grad_phase.data_ptr<scalar_t>();
+      const scalar_t* gm = grad_magnitude.data_ptr<scalar_t>();
+      for (int64_t row = take(); row < rows; row = take()) {
+        // Transpose of the diagonal sum: frame f's gradient goes to P[f + q, q] for every q
+        // (entries no frame reaches stay zero).
+        std::fill(gp, gp + poly.blocks * poly.phases, scalar_t(0));
+        for (int64_t f = 0; f < n_frames; ++f)
+          for (int64_t q = 0; q < poly.phases; ++q)
+            gp[(f + q) * poly.phases + q] = g[row * n_frames + f];
+        at::mm_out(grad_magnitude, grad_phase, poly.taps);  // [blocks, D]
+        magnitude_backward(z + row * length * 2, gm, gz + row * length * 2,
                            std::min(span, length), length);
       }
     });

@@ -1,10 +1,12 @@
-// CPU tile kernels of the spatial loss (see spatial_loss.h). Threads own row tiles (no atomics,
-// fixed summation order: the result does not depend on the thread count). Weight and mask tiles
+// CPU tile kernels of the spatial loss (see spatial_loss.h). Row tiles are handed out to the
+// threads dynamically (parallel_blocks.h: a thread slowed by another process takes fewer); each
+// tile's outputs are written by the one thread that took it, in a fixed summation order, so the
+// result does not depend on the thread count or the schedule. Weight and mask tiles
 // are generated in cache-sized buffers; the [tile x tile] x [tile x B] products go to BLAS
 // (single-threaded inside a parallel region), which vectorises for the machine it runs on.
 #include "spatial_loss.h"
 
-#include <ATen/Parallel.h>
+#include "parallel_blocks.h"
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -116,9 +118,9 @@ std::vector<at::Tensor> spatial_weighted_sum_cpu(const at::Tensor& z, const at::
     double* ws = w_sum.data_ptr<double>();
     double* w2s = w2_sum.data_ptr<double>();
     const int64_t blocks = (n + kRows - 1) / kRows;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    run_block_workers(blocks, [&](const auto& take) {
       auto tile = at::empty({kRows, kCols}, z.options());
-      for (int64_t block = begin; block < end; ++block) {
+      for (int64_t block = take(); block < blocks; block = take()) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, n - row0);
         auto out = wz.narrow(0, row0, rows);
         for (int64_t col0 = 0; col0 < n; col0 += kCols) {
@@ -142,9 +144,10 @@ at::Tensor spatial_pair_sums_cpu(const at::Tensor& z, const at::Tensor& position
     const scalar_t* p = positions.data_ptr<scalar_t>();
     const auto boxes = tile_boxes(p, n);
     double* part = partial.data_ptr<double>();
-    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    // tile a has tiles - a partners: taken in that order, the longest go first
+    run_block_workers(tiles, [&](const auto& take) {
       auto r_tile = at::empty({kTile, kTile}, z.options());
-      for (int64_t a = begin; a < end; ++a) {
+      for (int64_t a = take(); a < tiles; a = take()) {
         const int64_t row0 = a * kTile, rows = std::min(kTile, n - row0);
         double acc[7] = {0, 0, 0, 0, 0, 0, 0};
         for (int64_t b = a; b < tiles; ++b) {  // pairs i < j live in tiles b >= a
@@ -175,9 +178,9 @@ at::Tensor spatial_pair_grad_cpu(const at::Tensor& z, const at::Tensor& position
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "spatial_pair_grad_cpu", [&] {
     const scalar_t* p = positions.data_ptr<scalar_t>();
     const auto boxes = tile_boxes(p, n);
-    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    run_block_workers(tiles, [&](const auto& take) {
       auto r_tile = at::empty({kTile, kTile}, z.options());
-      for (int64_t a = begin; a < end; ++a) {
+      for (int64_t a = take(); a < tiles; a = take()) {
         const int64_t row0 = a * kTile, rows = std::min(kTile, n - row0);
         auto out = grad.narrow(0, row0, rows);
         for (int64_t b = 0; b < tiles; ++b) {  // both orders of every pair
