@@ -71,7 +71,7 @@ log "benchmarks"
 bench_rc=0
 for file in test_cochleagram test_spatial_loss test_training_step test_brain; do
   want $file || continue
-  run_for "$OUT/bench.log" "${PYTEST[@]}" "bench/$file.py" --benchmark-only -s \
+  run_for "$OUT/bench.log" "${PYTEST[@]}" "bench/$file.py" --benchmark-only --full -s \
     --benchmark-json "$SCRATCH/$file.json" || bench_rc=1
 done
 grep -E "^(cochleagram|spatial_loss|dense|training|topographic|voxel)" "$OUT/bench.log"
