@@ -45,6 +45,6 @@ def test_host_cost(benchmark, backend, kind, radius):
     calls = TESTS.count_aten_calls(step)
     benchmark.group = (f"spatial_loss host cost N={N_UNITS} B={BATCH} {kind} "
                        f"radius={radius} fwd+bwd cpu, {torch.get_num_threads()} threads")
-    benchmark.pedantic(step, rounds=200, iterations=5, warmup_rounds=20)
+    benchmark.pedantic(step, rounds=100, iterations=3, warmup_rounds=10)
     benchmark.extra_info.update(n=N_UNITS, batch=BATCH, kind=kind, radius=radius, aten_calls=calls)
     record(benchmark, backend, check=f"{status}, {calls} aten calls")
