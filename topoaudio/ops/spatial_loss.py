@@ -216,11 +216,12 @@ def _constant(value, dtype: torch.dtype) -> torch.Tensor:
     """A 0-d CPU tensor, made once: a Python number in a tensor op is wrapped into a new tensor
     on every call (several aten calls each), which at small N costs more than the op."""
     key = (value, dtype)
-    if key not in _CONSTANTS:
-        if len(_CONSTANTS) > 256:
+    tensor = _CONSTANTS.get(key)  # one lookup: another thread may clear the table meanwhile
+    if tensor is None:
+        if len(_CONSTANTS) > 256:  # eps and batch sizes vary little; bound it anyway
             _CONSTANTS.clear()
-        _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
-    return _CONSTANTS[key]
+        tensor = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
+    return tensor
 
 
 # IEEE exponent field and its lowest bit, per float type and same-width integer type
