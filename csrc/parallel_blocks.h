@@ -6,15 +6,46 @@
 // exactly one worker and writes only its own outputs, so results do not depend on which thread
 // took which block, nor on the thread count. One region, one barrier per call.
 #pragma once
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 
+#if AT_MKL_ENABLED()
+// MKL's per-thread thread count, C interface (mkl_service.h maps mkl_set_num_threads_local to it;
+// the lower-case symbol itself is the Fortran one, taking a pointer). Weak, so that a torch whose
+// MKL does not export it still loads.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+#endif
+
+// Inside a parallel region MKL still starts its own team of torch.set_num_threads() threads per
+// GEMM (torch sets MKL's count, so MKL_NUM_THREADS=1 has no effect): one fork and one spinning
+// barrier per small GEMM, which is what collapses under contention. A worker's GEMMs run on its
+// own thread; the previous per-thread setting is restored on exit.
+class SequentialBlasGuard {
+ public:
+  SequentialBlasGuard() {
+#if AT_MKL_ENABLED()
+    if (MKL_Set_Num_Threads_Local != nullptr) previous_ = MKL_Set_Num_Threads_Local(1);
+#endif
+  }
+  ~SequentialBlasGuard() {
+#if AT_MKL_ENABLED()
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+#endif
+  }
+  SequentialBlasGuard(const SequentialBlasGuard&) = delete;
+  SequentialBlasGuard& operator=(const SequentialBlasGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // Calls worker(take) once per thread (up to `blocks` threads) inside one parallel region; take()
 // returns the next block index, >= blocks once none are left. Inside the region ATen runs nested
-// ops (at::mm_out, at::addmm_) single-threaded, so a worker's GEMMs stay on its own core.
+// elementwise ops single-threaded and SequentialBlasGuard keeps MKL's GEMMs on the worker's thread.
 template <typename Worker>
 void run_block_workers(int64_t blocks, const Worker& worker) {
   if (blocks <= 0) return;
@@ -23,6 +54,7 @@ void run_block_workers(int64_t blocks, const Worker& worker) {
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
   // grain 1 over [0, workers): one index per thread; run inline when already inside a region
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    const SequentialBlasGuard sequential_blas;
     for (int64_t w = begin; w < end; ++w) worker(take);
   });
 }
