@@ -138,10 +138,38 @@ def scaled_per_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per column of x [B, N]: the power of two at or above its largest |x| (1 for a zero column)."""
-    largest = x.detach().abs().amax(dim=0)
-    _, exponent = torch.frexp(largest)  # largest = m * 2^exponent, 0.5 <= m < 1; 0 gives 0
-    return torch.ldexp(torch.ones_like(largest), exponent)
+    """Per column of x [B, N]: a power of two at or above its largest |x|."""
+    return power_of_two_above(x.detach().abs().amax(dim=0))
+
+
+_CONSTANTS: dict = {}
+
+
+def constant(value, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d CPU tensor, made once: a Python number in a tensor op is wrapped into a new tensor
+    on every call (several aten calls each), which at small N costs more than the op."""
+    key = (value, dtype)
+    tensor = _CONSTANTS.get(key)  # one lookup: another thread may clear the table meanwhile
+    if tensor is None:
+        if len(_CONSTANTS) > 256:  # eps and batch sizes vary little; bound it anyway
+            _CONSTANTS.clear()
+        tensor = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
+    return tensor
+
+
+# IEEE exponent field and its lowest bit, per float type and same-width integer type
+_EXPONENT_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x00800000),
+                  torch.float64: (torch.int64, 0x7FF0000000000000, 0x0010000000000000)}
+
+
+def power_of_two_above(largest: torch.Tensor) -> torch.Tensor:
+    """2^(floor(log2 |largest|) + 1) per element of a float32/float64 tensor of finite values >= 0,
+    from the exponent bits (frexp and ldexp would take a dozen aten calls): a power of two at or
+    above each value; 0 and subnormals get the smallest normal power of two, which divides exactly
+    too."""
+    int_type, mask, low_bit = _EXPONENT_BITS[largest.dtype]
+    bits = largest.view(int_type).bitwise_and(constant(mask, int_type))
+    return bits.add_(constant(low_bit, int_type)).view(largest.dtype)
 
 
 def live_units(centred_norm: torch.Tensor, scaled: torch.Tensor, eps: float) -> torch.Tensor:

@@ -24,9 +24,11 @@ from .spatial_common import (
     check_finite_features,
     check_spatial_args,
     compute_dtype,
+    constant,
     has_pair_within,
     loss_and_grad_from_sums,
     loss_from_sums,
+    power_of_two_above,
     spatial_settings,
     unit_vectors,
 )
@@ -209,35 +211,6 @@ def _sheet(positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
                            lambda: _Sheet(positions, dtype, radius, all_pairs))
 
 
-_CONSTANTS: dict = {}
-
-
-def _constant(value, dtype: torch.dtype) -> torch.Tensor:
-    """A 0-d CPU tensor, made once: a Python number in a tensor op is wrapped into a new tensor
-    on every call (several aten calls each), which at small N costs more than the op."""
-    key = (value, dtype)
-    tensor = _CONSTANTS.get(key)  # one lookup: another thread may clear the table meanwhile
-    if tensor is None:
-        if len(_CONSTANTS) > 256:  # eps and batch sizes vary little; bound it anyway
-            _CONSTANTS.clear()
-        tensor = _CONSTANTS[key] = torch.tensor(value, dtype=dtype)
-    return tensor
-
-
-# IEEE exponent field and its lowest bit, per float type and same-width integer type
-_EXPONENT_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x00800000),
-                  torch.float64: (torch.int64, 0x7FF0000000000000, 0x0010000000000000)}
-
-
-def _power_of_two_above(largest: torch.Tensor) -> torch.Tensor:
-    """2^(floor(log2 |largest|) + 1) per element, from the exponent bits: the scale of
-    spatial_common.power_of_two_scale (frexp and ldexp take a dozen aten calls) for normal
-    numbers; 0 and subnormals get the smallest normal power of two, which divides exactly too."""
-    int_type, mask, low_bit = _EXPONENT_BITS[largest.dtype]
-    bits = largest.view(int_type).bitwise_and(_constant(mask, int_type))
-    return bits.add_(_constant(low_bit, int_type)).view(largest.dtype)
-
-
 class _CpuSpatialLoss(torch.autograd.Function):
     """The whole loss on CPU tensors (any CPU backend's primitives) as one autograd node with a
     hand-written backward: unit vectors, pair sums, the float64 loss on host floats. At small N the
@@ -262,12 +235,12 @@ class _CpuSpatialLoss(torch.autograd.Function):
         # unit vectors as spatial_common.unit_vectors computes them (exact power-of-two scale,
         # centring, the same live-unit rule), keeping what the backward needs
         batch, n_units = x.shape
-        scale = _power_of_two_above(largest)
+        scale = power_of_two_above(largest)
         x = x / scale
-        centred = x - x.sum(dim=0, keepdim=True).div_(_constant(batch, dtype))
+        centred = x - x.sum(dim=0, keepdim=True).div_(constant(batch, dtype))
         norm = torch.linalg.vector_norm(centred, dim=0)
-        live = norm > torch.linalg.vector_norm(x, dim=0).mul_(_constant(eps, dtype))
-        inv_norm = torch.where(live, norm.reciprocal(), _constant(0.0, dtype))  # 0: dead unit
+        live = norm > torch.linalg.vector_norm(x, dim=0).mul_(constant(eps, dtype))
+        inv_norm = torch.where(live, norm.reciprocal(), constant(0.0, dtype))  # 0: dead unit
         z = torch.empty(n_units, batch, dtype=dtype)
         torch.mul(centred, inv_norm, out=z.permute(1, 0))  # z [N, B], written row-major
         weighted_sum, pair_sums, pair_grad = _primitives(backend)
@@ -328,7 +301,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
         grad_zt = grad_z.permute(1, 0)
         # (keepdim=True sums skip a squeeze: one aten call fewer each)
         u = grad_zt - zt * (zt * grad_zt).sum(dim=0, keepdim=True)
-        u -= u.sum(dim=0, keepdim=True).div_(_constant(u.shape[0], u.dtype))
+        u -= u.sum(dim=0, keepdim=True).div_(constant(u.shape[0], u.dtype))
         if ctx.sheet.inverse is not None:
             u = u.index_select(1, ctx.sheet.inverse)
             factor = ctx.factor.index_select(0, ctx.sheet.inverse)
