@@ -19,6 +19,7 @@ from topoaudio.analysis import (
     plot_smoothness_curve,
     pure_tones,
     selectivity,
+    silent_units,
     smoothness,
 )
 
@@ -82,8 +83,21 @@ def test_welch_t_on_hand_computed_numbers():
     # music: 3, 5, 4 (mean 4, var 1); speech: 1, 2 (mean 1.5, var 0.5)
     expected = 2.5 / math.sqrt(1 / 3 + 0.5 / 2)
     assert t[0] == pytest.approx(expected, rel=1e-6)
-    assert t[1] == 0.0                                   # zero variance in both groups
+    assert math.isnan(t[1])                              # silent: no preference to measure
     assert t[2] == pytest.approx(-expected, rel=1e-6)
+
+
+def test_silent_units_by_relative_spread_at_any_scale():
+    responses = torch.tensor([[0.0, 5.0, 1e-3, 1.0, 1e-3],
+                              [0.0, 5.0, 1e-3, 1.0 + 1e-7, 1e-3 + 1e-8],
+                              [0.0, 5.0 * (1 + 1e-7), 1e-3, 1.0, 1e-3]])
+    # all-zero, constant up to rounding, constant at a small scale, responding (relative spread
+    # 1e-7 of 1.0 counts as rounding), responding at a small scale (1e-5 relative)
+    assert silent_units(responses).tolist() == [True, True, True, True, False]
+    assert math.isnan(best_frequency(responses, [100.0, 200.0, 400.0])[1])
+    labels = ["a", "a", "b"]
+    t = selectivity(torch.cat([responses, responses[:2]]), labels + ["b", "b"], "a", "b")
+    assert t[:4].isnan().all() and torch.isfinite(t[4])
 
 
 def test_welch_t_matches_scipy_with_repeats_and_single_labels():

@@ -22,9 +22,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from topoaudio.brain.stats import permutation_p
+
 DEFAULT_N_BINS = 20
 DEFAULT_N_PAIRS = 200_000
 DEFAULT_N_SHUFFLES = 100
+# Permutations are cheap for Moran's I (O(N k) each), and 999 lets a Holm-adjusted family of a
+# dozen tests reach p < 0.05 (the smallest permutation p is 1 / (1 + n)).
+DEFAULT_N_PERMUTATIONS = 999
 # About 32 MB of float64 distances per row block in Moran's I.
 MORAN_BLOCK_ELEMENTS = 2 ** 22
 # Guard against a grid_mm given in the wrong unit (a 10 mm sheet at 1 um would be 10^8 cells).
@@ -50,9 +55,17 @@ def smoothness(values, positions, n_bins: int = DEFAULT_N_BINS, max_distance: fl
     "p_value" (one-sided, (1 + #null >= observed) / (1 + n_shuffles)), "null_smoothness"
     [n_shuffles], "bin_centres" [n_bins] mm, "curve" [n_bins], "null_curve_mean" [n_bins],
     "null_curve_interval" [2, n_bins], "pair_counts" [n_bins] (pairs drawn per bin),
-    "max_distance", "n_units", "exact" (every pair used). Empty bins have NaN c; a constant map
-    has NaN smoothness.
+    "max_distance", "n_units" (units used), "n_dropped" (units dropped for a NaN / inf value, e.g.
+    silent units), "exact" (every pair used). Empty bins have NaN c; a constant map has NaN
+    smoothness.
+
+    Smoothness is >= 0 by construction (c[0] below the curve's peak), so it cannot tell "no
+    structure" from "neighbours less alike than chance". The signed companion is the nearest bin
+    against its own null: "near_z" = (null mean of c[0] - c[0]) / null sd of c[0] (> 0: neighbours
+    more alike than chance, < 0: less alike), "near_p" its two-sided permutation p
+    (``brain.stats.permutation_p`` on -c[0]), NaN when the first bin is empty.
     """
+    n_input = torch.as_tensor(values).numel()
     values, positions = _finite_units(values, positions, device="cpu")
     n_units = values.numel()
     if n_units < 3:
@@ -112,8 +125,22 @@ def smoothness(values, positions, n_bins: int = DEFAULT_N_BINS, max_distance: fl
         "pair_counts": torch.bincount(bins, minlength=n_bins),
         "max_distance": float(max_distance),
         "n_units": n_units,
+        "n_dropped": n_input - n_units,
         "exact": exact,
+        **_near_bin_test(curve, null_curves),
     }
+
+
+def _near_bin_test(curve: torch.Tensor, null_curves: torch.Tensor) -> dict:
+    """The nearest bin's c[0] against its shuffle null: z (signed, > 0 = alike) and two-sided p."""
+    observed, null = float(curve[0]), null_curves[:, 0]
+    null = null[~null.isnan()]
+    if observed != observed or null.numel() < 2:
+        return {"near_value": observed, "near_z": float("nan"), "near_p": float("nan")}
+    spread = float(null.std())
+    # a null without spread (a tiny map) has no z; its p value still says what the data allow
+    z = (float(null.mean()) - observed) / spread if spread > 0 else float("nan")
+    return {"near_value": observed, "near_z": z, "near_p": permutation_p(-observed, -null)}
 
 
 def morans_i(values, positions, weights: str = "inverse_distance", k: int = 8,
@@ -174,6 +201,75 @@ def morans_i(values, positions, weights: str = "inverse_distance", k: int = 8,
     if weight_sum == 0:
         return float("nan")
     return n_units / weight_sum * cross_product_sum / sum_of_squares
+
+
+def morans_i_test(values, positions, k: int = 8, n_permutations: int = DEFAULT_N_PERMUTATIONS,
+                  seed: int = 0) -> dict:
+    """Moran's I with k-nearest-neighbour weights (as ``morans_i(weights="knn")``) and its
+    permutation null: values permuted across units ``n_permutations`` times, weights fixed.
+
+    I is signed: > 0 when neighbours are alike, about -1 / (N - 1) with no structure, < 0 when
+    neighbours differ (a checkerboard), so it tells anti-structure from no structure where
+    smoothness cannot. Units with a NaN / inf value are dropped first. Each unit's k nearest
+    neighbours are found once (row blocks, no N x N tensor), so a permutation costs O(N k).
+
+    Returns a dict: "morans_i", "null_mean", "null_sd", "z" ((I - null_mean) / null_sd), "p"
+    (two-sided permutation p, ``brain.stats.permutation_p``), "p_greater" (one-sided, structure),
+    "n_permutations", "n_units", "n_dropped". A constant map gives NaN I, z and p.
+    """
+    if k < 1 or n_permutations < 1:
+        raise ValueError(f"need k >= 1 and n_permutations >= 1, got {k!r}, {n_permutations!r}")
+    n_input = torch.as_tensor(values).numel()
+    values, positions = _finite_units(values, positions, device="cpu")
+    n_units = values.numel()
+    result = {"n_permutations": int(n_permutations), "n_units": n_units, "n_dropped": n_input - n_units}
+    nan = float("nan")
+    if n_units < 2 or float((values - values.mean()).square().sum()) == 0:
+        return {**result, "morans_i": nan, "null_mean": nan, "null_sd": nan, "z": nan, "p": nan,
+                "p_greater": nan}
+    neighbours = _nearest_neighbours(positions, min(k, n_units - 1))            # [N, k]
+    generator = torch.Generator().manual_seed(seed)
+
+    def moran_of(maps: torch.Tensor) -> torch.Tensor:
+        """I of maps [S, N] under the fixed knn weights (every row has k weights of 1)."""
+        centred = maps - maps.mean(dim=1, keepdim=True)
+        neighbour_sums = centred[:, neighbours].sum(dim=2)                       # [S, N]
+        return ((centred * neighbour_sums).sum(dim=1) / neighbours.shape[1]
+                / centred.square().sum(dim=1))
+
+    observed = float(moran_of(values[None, :])[0])
+    # [chunk, N, k] gathered values stay around 16 MB
+    chunk = max(1, 2_000_000 // (n_units * neighbours.shape[1]))
+    null = torch.cat([
+        moran_of(torch.stack([values[torch.randperm(n_units, generator=generator)]
+                              for _ in range(min(chunk, n_permutations - done))]))
+        for done in range(0, n_permutations, chunk)])
+    null_sd = float(null.std()) if n_permutations > 1 else nan
+    return {**result, "morans_i": observed, "null_mean": float(null.mean()), "null_sd": null_sd,
+            "z": (observed - float(null.mean())) / null_sd if null_sd > 0 else nan,
+            "p": permutation_p(observed, null), "p_greater": permutation_p(observed, null, "greater")}
+
+
+def within_band(values, bands) -> torch.Tensor:
+    """values [N] minus the mean of the finite values of the unit's band (bands [N] int labels).
+
+    On a ``channel_freq`` sheet a layer's frequency rows are stacked along y by construction, so
+    any map that varies with the row (best frequency does in every model, trained or not) looks
+    smooth. Removing each row's mean leaves what the model arranges within the iso-frequency bands;
+    a map that depends on the row alone becomes 0 everywhere. NaN / inf values stay as they are.
+    """
+    values = torch.as_tensor(values).detach().to(torch.float64)
+    bands = torch.as_tensor(bands).detach().to(device=values.device).reshape(-1)
+    if values.dim() != 1 or bands.shape != values.shape:
+        raise ValueError(f"need values [N] and bands [N], got {tuple(values.shape)} and {tuple(bands.shape)}")
+    if bands.is_floating_point() or bands.is_complex():
+        raise ValueError(f"bands must be integer labels, got {bands.dtype}")
+    band_ids, band_of_unit = torch.unique(bands, return_inverse=True)
+    finite = values.isfinite()
+    sums = torch.zeros(band_ids.numel(), dtype=torch.float64, device=values.device).index_add_(
+        0, band_of_unit[finite], values[finite])
+    counts = torch.bincount(band_of_unit[finite], minlength=band_ids.numel()).to(torch.float64)
+    return values - (sums / counts.clamp(min=1))[band_of_unit]
 
 
 def patches(values, positions, threshold: float = 2.0, sigma_mm: float = 0.5,
@@ -316,6 +412,22 @@ def _sample_pairs(positions: torch.Tensor, cell_mm: float, n_pairs: int,
         0.0)
     pair_weights = 1.0 / (n_uniform * uniform_probability + n_local * local_probability)
     return first, second, pair_weights
+
+
+def _nearest_neighbours(positions: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, k] indices of each unit's k nearest other units (coincident units included, as in
+    ``morans_i``'s knn weights), in row blocks of about MORAN_BLOCK_ELEMENTS distances."""
+    n_units = positions.shape[0]
+    rows_per_block = max(1, MORAN_BLOCK_ELEMENTS // n_units)
+    blocks = []
+    for start in range(0, n_units, rows_per_block):
+        rows = torch.arange(start, min(start + rows_per_block, n_units))
+        # hypot as in morans_i (cdist's matrix-product shortcut could order near ties differently)
+        distances = torch.hypot(positions[rows, 0, None] - positions[None, :, 0],
+                                positions[rows, 1, None] - positions[None, :, 1])
+        distances[torch.arange(rows.numel()), rows] = math.inf
+        blocks.append(distances.topk(k, dim=1, largest=False).indices)
+    return torch.cat(blocks)
 
 
 def _gaussian_peak(sigma_cells: float) -> float:

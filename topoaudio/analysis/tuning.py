@@ -10,10 +10,11 @@ from collections.abc import Iterable
 
 import torch
 
-# A group whose standard deviation is <= this times max(1, |mean|) counts as zero-variance: float
-# rounding must not turn a constant unit into a t value. (Not scale-invariant, unlike the spatial
-# loss's rule in docs/SCIENCE.md section 3; kept as the results on docs/RESULTS.md were computed.)
-ZERO_VARIANCE_EPS = 1e-6
+# A unit is silent when the spread (max - min) of its mean responses over the stimuli is at most this
+# fraction of its largest |mean response| (all-zero units included: 0 <= 0). Relative, so the rule
+# does not depend on a layer's activation scale; 1e-6 is about 10 float32 roundings, so a constant
+# unit whose time averages differ only by rounding still counts as silent.
+SILENT_RELATIVE_SPREAD = 1e-6
 
 
 def best_frequency(responses: torch.Tensor, freqs) -> torch.Tensor:
@@ -23,6 +24,7 @@ def best_frequency(responses: torch.Tensor, freqs) -> torch.Tensor:
     result on the sheet. A unit whose mean response is the same for every stimulus (a dead unit)
     has no best frequency and gets NaN, rather than the first frequency by accident of argmax;
     the topography functions drop NaN units. Ties between distinct maxima go to the lower index.
+    "The same for every stimulus" is ``silent_units``' rule, with its tolerance.
     """
     return _best_stimulus(responses, freqs, "freqs")
 
@@ -39,8 +41,11 @@ def selectivity(responses: torch.Tensor, labels, a, b) -> torch.Tensor:
     label per stimulus (strings or ints). ``a`` and ``b`` are each one label value or a collection
     of values, e.g. a={"Music", "Song"}, b={"EngSpeech", "ForSpeech"}.
     t = (m_a - m_b) / sqrt(s_a^2 / n_a + s_b^2 / n_b) with unbiased variances (n - 1); positive t
-    means the unit prefers ``a``. A unit with zero variance in both groups (a dead unit, the only
-    practical case) gets t = 0, not inf or NaN. Computed in float64, returned float32.
+    means the unit prefers ``a``. A unit silent over the stimuli of ``a`` and ``b`` (``silent_units``)
+    has no preference to measure and gets NaN, like a dead unit's best frequency, so the map
+    statistics drop it (t = 0 would count it as a unit with no preference and pull smoothness
+    down). A responding unit constant within each group but not across them (zero standard error)
+    gets +-inf, which the map statistics drop as well. Computed in float64, returned float32.
     """
     mean_responses = _stimulus_means(responses).to(torch.float64)
     labels = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
@@ -60,8 +65,20 @@ def selectivity(responses: torch.Tensor, labels, a, b) -> torch.Tensor:
     var_a, var_b = responses_a.var(dim=0), responses_b.var(dim=0)
     standard_error = (var_a / responses_a.shape[0] + var_b / responses_b.shape[0]).sqrt()
     t = (mean_a - mean_b) / standard_error
-    both_constant = _is_constant(var_a, mean_a) & _is_constant(var_b, mean_b)
-    return torch.where(both_constant, torch.zeros_like(t), t).to(torch.float32)
+    silent = silent_units(mean_responses[in_a | in_b])
+    return torch.where(silent, torch.full_like(t, float("nan")), t).to(torch.float32)
+
+
+def silent_units(responses: torch.Tensor) -> torch.Tensor:
+    """[N] bool: units that do not respond to the stimuli, i.e. whose mean responses over the
+    stimuli satisfy max - min <= SILENT_RELATIVE_SPREAD * max |response| (so all-zero units, dead
+    ReLUs, are silent, and a constant unit is silent whatever its level).
+
+    responses: [n_stimuli, N] or [n_stimuli, n_repeats, N] (averaged over repeats first).
+    """
+    mean_responses = _stimulus_means(responses).to(torch.float64)
+    spread = mean_responses.amax(dim=0) - mean_responses.amin(dim=0)
+    return spread <= SILENT_RELATIVE_SPREAD * mean_responses.abs().amax(dim=0)
 
 
 def _best_stimulus(responses: torch.Tensor, stimulus_values, name: str) -> torch.Tensor:
@@ -72,8 +89,7 @@ def _best_stimulus(responses: torch.Tensor, stimulus_values, name: str) -> torch
         raise ValueError(f"{name} has {stimulus_values.numel()} values for "
                          f"{mean_responses.shape[0]} stimuli")
     best = stimulus_values[mean_responses.argmax(dim=0)]
-    flat = mean_responses.amax(dim=0) == mean_responses.amin(dim=0)
-    return torch.where(flat, torch.full_like(best, float("nan")), best)
+    return torch.where(silent_units(mean_responses), torch.full_like(best, float("nan")), best)
 
 
 def _stimulus_means(responses: torch.Tensor) -> torch.Tensor:
@@ -91,7 +107,3 @@ def _label_set(group) -> set:
     if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
         return {group}
     return set(group)
-
-
-def _is_constant(variance: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    return variance.sqrt() <= ZERO_VARIANCE_EPS * mean.abs().clamp(min=1.0)
