@@ -5,6 +5,8 @@ vectors z [N, B] (autograd-visible, O(N B)); one registered op reduces all pairs
 (count, w, w^2, r, r^2, w r, |r - w|); the loss is a float64 function of those sums.
 - relative, all pairs: the sums are algebra on s = sum_i z_i, the B x B Gram Z^T Z and W Z, which
   a tiled kernel computes from positions; W Z is kept, so the backward is O(N B).
+  On a lattice sheet (spatial_lattice) W Z is an FFT convolution instead, O(B G log G) for G
+  lattice sites.
 - radius or absolute: units are sorted along a Morton curve so tiles are compact, and a tiled
   kernel computes r tiles Z_I Z_J^T on the fly, skipping tile pairs farther apart than the radius;
   the backward recomputes the tiles.
@@ -16,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from . import dispatch, spatial_torch
+from . import dispatch, spatial_lattice, spatial_torch
 from . import reference as _reference
 from .settings import backend_name, finite_number
 from .spatial_common import (
@@ -73,18 +75,29 @@ def _all_pairs_sums(z, positions, weighted_sum):
     return sums, wz
 
 
+def _lattice_weighted_sum(positions: torch.Tensor):
+    """The FFT product of the lattice positions lie on (found once per tensor), or ValueError."""
+    found = spatial_lattice.lattice_of(positions)
+    if isinstance(found, spatial_lattice.NotOnLattice):
+        raise ValueError(f"lattice=True: {found}")
+    return found.weighted_sum
+
+
 @torch.library.custom_op("topoaudio::spatial_pair_sums", mutates_args=())
 def _pair_sums_op(z: torch.Tensor, positions: torch.Tensor, radius: float, all_pairs: bool,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """z [N, B], positions [N, 2] -> (sums float64 [7], W z [N, B] or an empty tensor)."""
+                  backend: str, lattice: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [N, B], positions [N, 2] -> (sums float64 [7], W z [N, B] or an empty tensor).
+    lattice: W z by FFT convolution on the lattice the positions lie on (all pairs only)."""
     weighted_sum, pair_sums, _ = _primitives(backend)
     if all_pairs:
+        if lattice:
+            weighted_sum = _lattice_weighted_sum(positions)
         return _all_pairs_sums(z, positions, weighted_sum)
     return pair_sums(z, positions, radius), z.new_empty(0)
 
 
 @_pair_sums_op.register_fake
-def _(z, positions, radius, all_pairs, backend):
+def _(z, positions, radius, all_pairs, backend, lattice=False):
     return z.new_empty(7, dtype=torch.float64), z.new_empty(z.shape if all_pairs else (0,))
 
 
@@ -110,7 +123,7 @@ def _(grad_sums, z, positions, wz, radius, all_pairs, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    z, positions, radius, all_pairs, backend = inputs
+    z, positions, radius, all_pairs, backend, _ = inputs  # (the backward never needs W again)
     ctx.save_for_backward(z, positions, output[1])
     ctx.params = (radius, all_pairs, backend)
 
@@ -119,9 +132,9 @@ def _backward(ctx, grad_sums, grad_wz):
     z, positions, wz = ctx.saved_tensors
     radius, all_pairs, backend = ctx.params
     if grad_sums is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     grad_z = _pair_sums_backward_op(grad_sums.contiguous(), z, positions, wz, radius, all_pairs, backend)
-    return grad_z, None, None, None, None
+    return grad_z, None, None, None, None, None
 
 
 torch.library.register_autograd("topoaudio::spatial_pair_sums", _backward,
@@ -143,7 +156,7 @@ def morton_order(positions: torch.Tensor) -> torch.Tensor:
 
 def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str = "relative",
                  radius: float | None = None, eps: float = 1e-6,
-                 backend: str | None = "auto") -> torch.Tensor:
+                 backend: str | None = "auto", lattice: bool | None = None) -> torch.Tensor:
     """Spatial-correlation loss of a layer's responses on a cortical sheet (scalar tensor).
 
     features [B, N]: responses of N units over a batch (float32/float16/bfloat16 accumulate in
@@ -154,6 +167,10 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     batch is <= eps x its own RMS counts as dead (correlates 0, zero gradient). Numbers may be
     Python or NumPy scalars; any strides work; backend=None means "auto".
     TDANN's neighbourhood sampling is ``spatial_loss(x[:, idx], pos[idx])``.
+    lattice (all pairs, relative only): None runs W z as an FFT convolution when the positions lie
+    on a lattice (spatial_lattice; detected once per positions tensor) within its memory budget
+    and the cost model expects it to beat the tiles; True whenever they lie on one (ValueError
+    saying why if not); False never. last_backend() then reads e.g. "cpp+lattice".
 
     Example::
 
@@ -165,12 +182,17 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     # the CPU path checks values itself, from a reduction it needs anyway
     kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps,
                                            check_values=not on_cpu)
+    all_pairs = kind == "relative" and radius is None
+    if _lattice_option(lattice) and not all_pairs:
+        raise ValueError("lattice=True runs only the all-pairs relative loss (kind='relative', "
+                         f"radius=None), got kind={kind!r}, radius={radius!r}")
     name = dispatch.choose(OP_NAME, features.device, backend)
     if name == "reference":
         return _reference.spatial_loss(features, positions, kind=kind, radius=radius, eps=eps)
     dtype = compute_dtype(features)
-    all_pairs = kind == "relative" and radius is None
-    sheet = _sheet(positions, dtype, radius, all_pairs)
+    sheet = _sheet(positions, dtype, radius, all_pairs, lattice if all_pairs else False)
+    if sheet.lattice is not None:
+        dispatch.record(OP_NAME, f"{name}+lattice")
     if on_cpu:
         return _CpuSpatialLoss.apply(features, sheet, kind, radius, eps, name)
     # The one place inputs get the layout every kernel assumes (row-major, contiguous): z is built
@@ -180,17 +202,24 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     if sheet.order is not None:
         z = z[sheet.order].contiguous()
     sums, _ = _pair_sums_op(z, sheet.positions, math.inf if radius is None else radius, all_pairs,
-                            name)
+                            name, sheet.lattice is not None)
     return loss_from_sums(sums, kind, dtype).to(dtype)
+
+
+def _lattice_option(lattice) -> bool | None:
+    if lattice is not None and not isinstance(lattice, bool):
+        raise ValueError(f"lattice must be None (auto), True or False, got {lattice!r}")
+    return lattice
 
 
 class _Sheet:
     """What spatial_loss derives from a positions tensor alone, once per tensor and version
     (SHEET_CACHE): positions contiguous in the compute dtype (Morton-sorted for tiled kinds), the
-    order and its inverse, and per backend the W row-sum totals of the all-pairs path."""
+    order and its inverse, the lattice W z runs on (None: tiles), and per backend the W row-sum
+    totals of the all-pairs path."""
 
     def __init__(self, positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
-                 all_pairs: bool):
+                 all_pairs: bool, lattice: bool | None):
         if radius is not None and not has_pair_within(positions, radius):
             raise ValueError(f"no pair of units lies within radius {radius} mm: every unit is "
                              "farther than that from all others; use a larger radius or None")
@@ -202,13 +231,23 @@ class _Sheet:
             p = p[self.order].contiguous()
         self.positions = p
         self.n_units = p.shape[0]
+        self.lattice = None
+        if lattice is not False:
+            # detected on the caller's positions: their dtype's rounding sets the tolerance
+            found = spatial_lattice.lattice_of(positions)
+            if lattice and isinstance(found, spatial_lattice.NotOnLattice):
+                raise ValueError(f"lattice=True: {found}")
+            if lattice or (isinstance(found, spatial_lattice.Lattice) and found.cheaper_than_tiles()):
+                self.lattice = found
+                # the registered op finds it again from the positions it is given
+                SHEET_CACHE.get(p, ("lattice",), lambda: found)
         self.w_totals: dict[str, tuple[float, float]] = {}  # backend -> (sum w, sum w^2) over i < j
 
 
 def _sheet(positions: torch.Tensor, dtype: torch.dtype, radius: float | None,
-           all_pairs: bool) -> _Sheet:
-    return SHEET_CACHE.get(positions, ("sheet", dtype, radius, all_pairs),
-                           lambda: _Sheet(positions, dtype, radius, all_pairs))
+           all_pairs: bool, lattice: bool | None) -> _Sheet:
+    return SHEET_CACHE.get(positions, ("sheet", dtype, radius, all_pairs, lattice),
+                           lambda: _Sheet(positions, dtype, radius, all_pairs, lattice))
 
 
 class _CpuSpatialLoss(torch.autograd.Function):
@@ -244,6 +283,8 @@ class _CpuSpatialLoss(torch.autograd.Function):
         z = torch.empty(n_units, batch, dtype=dtype)
         torch.mul(centred, inv_norm, out=z.permute(1, 0))  # z [N, B], written row-major
         weighted_sum, pair_sums, pair_grad = _primitives(backend)
+        if sheet.lattice is not None:
+            weighted_sum = sheet.lattice.weighted_sum
         f64 = torch.float64
         if kind == "relative" and radius is None:
             wz, w_rows, w2_rows = weighted_sum(z, sheet.positions)
@@ -322,15 +363,17 @@ class SpatialLoss(nn.Module):
     """
 
     def __init__(self, sheet, *, kind: str = "relative", radius: float | None = None,
-                 eps: float = 1e-6, weight: float = 1.0, backend: str = "auto"):
+                 eps: float = 1e-6, weight: float = 1.0, backend: str = "auto",
+                 lattice: bool | None = None):
         super().__init__()
         self.kind, self.radius, self.eps = spatial_settings(kind, radius, eps)
         self.sheet, self.weight = sheet, finite_number("weight", weight)
         self.backend = backend_name(backend)
+        self.lattice = _lattice_option(lattice)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         responses = (self.sheet.responses(activations) if hasattr(self.sheet, "responses")
                      else activations.flatten(1))
         positions = torch.as_tensor(self.sheet.positions, device=responses.device)
         return self.weight * spatial_loss(responses, positions, kind=self.kind, radius=self.radius,
-                                          eps=self.eps, backend=self.backend)
+                                          eps=self.eps, backend=self.backend, lattice=self.lattice)

@@ -1,0 +1,230 @@
+"""W z for units on a lattice, by FFT convolution: the one position-dependent product of the
+all-pairs relative spatial loss (docs/SPATIAL_LOSS.md, "Lattice sheets").
+
+When every unit sits on a lattice, position = origin + (a h0, b h1) with integers a, b (several
+units may share a site), w_ij = 1 / (1 + d_ij) depends only on the integer offset between the two
+sites, so W z is a 2D convolution: scatter z onto the (G0, G1) grid of sites (summing units that
+share one), convolve with k(a, b) = 1 / (1 + sqrt((a h0)^2 + (b h1)^2)) over offsets |a| < G0,
+|b| < G1, gather back. Zero padding to L >= 2G - 1 per axis makes the circular FFT convolution the
+linear one exactly, so the cost is O(B L0 L1 log(L0 L1)) whatever N is, instead of N^2 B.
+
+The primitive has the tile primitives' contract (spatial_torch.weighted_sum): W z [N, B], row sums
+of W and of W^2 [N], the diagonal w_ii = 1 included (k(0, 0) = 1, and units sharing a site are at
+distance 0 too).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .spatial_common import SHEET_CACHE
+
+# The padded FFT grid L0 x L1 may hold at most this many sites (a 4096 x 4096 grid): its kernel
+# spectrum is cached per sheet (32 MB in float32) and each batch column's spectrum is as large.
+# Beyond it the tiles run (their memory does not grow with the sheet's extent).
+MAX_PADDED_SITES = 1 << 24
+# Batch columns are transformed in chunks whose complex spectra stay under this many bytes.
+CHUNK_BYTES = 1 << 28
+# A coordinate is on the lattice when it is within this many units of its dtype's epsilon (relative
+# to the largest |coordinate|) of a site: float32 positions computed as h * k carry half an ulp of
+# rounding each, and the origin and fitted spacing as much again.
+TOLERANCE_EPS = 8
+# The smallest gap between distinct coordinates is a multiple m of the lattice spacing; m up to this
+# is searched (a sparse sample of a lattice may miss every neighbouring pair).
+MAX_GAP_MULTIPLE = 12
+# Cost model for `auto`: one padded site of one batch column, times log2 of the padded grid, costs
+# about as much as this many (i, j) pairs of one column in the tiles (measured on 2 CPU threads:
+# tiles 2.4e-11 s per pair and column at N = 16,384; FFT ~4e-10 s per site and log2).
+FFT_COST_IN_PAIRS = 16
+
+
+class NotOnLattice(ValueError):
+    """The positions are on no lattice the FFT path can use; the message says why."""
+
+
+def _fast_size(minimum: int) -> int:
+    """Smallest n >= minimum whose prime factors are 2, 3, 5 and 7 (fast in MKL, pocketfft, cuFFT)."""
+    n = max(1, minimum)
+    while True:
+        m = n
+        for prime in (2, 3, 5, 7):
+            while m % prime == 0:
+                m //= prime
+        if m == 1:
+            return n
+        n += 1
+
+
+class Lattice:
+    """Sites of a positions tensor on a lattice, and what the FFT convolution needs, made once per
+    positions tensor (``lattice_of``): site index per unit [N] (on the positions' device), spacing
+    (h0, h1) in mm, origin, grid (G0, G1) and padded FFT sizes (L0, L1); kernel spectra and the W
+    row sums per dtype, computed on first use."""
+
+    def __init__(self, indices: torch.Tensor, spacing: tuple[float, float],
+                 origin: tuple[float, float], device: torch.device):
+        self.spacing, self.origin = spacing, origin
+        self.shape = tuple(int(indices[:, axis].max()) + 1 for axis in (0, 1))
+        self.padded = tuple(_fast_size(2 * g - 1) for g in self.shape)
+        self.site = (indices[:, 0] * self.shape[1] + indices[:, 1]).to(device)
+        self.n_units = indices.shape[0]
+        self._spectra: dict = {}
+        self._row_sums: dict = {}
+
+    @property
+    def padded_sites(self) -> int:
+        return self.padded[0] * self.padded[1]
+
+    def cheaper_than_tiles(self) -> bool:
+        """Whether the FFT path should beat the N x N tiles (FFT_COST_IN_PAIRS)."""
+        fft = FFT_COST_IN_PAIRS * self.padded_sites * math.log2(max(self.padded_sites, 2))
+        return fft < self.n_units ** 2
+
+    def _kernel(self, power: int = 1) -> torch.Tensor:
+        """k(a, b)^power at every padded offset, float64 on the CPU; offsets a in (-G0, G0) sit at
+        a mod L0 and the unused middle is 0 (no needed output reads it)."""
+        axes = []
+        for size, padded, h in zip(self.shape, self.padded, self.spacing, strict=True):
+            a = torch.arange(padded, dtype=torch.float64)
+            offset = torch.where(a < size, a, a - padded)
+            used = offset.abs() < size
+            axes.append((offset * h, used))
+        (d0, used0), (d1, used1) = axes
+        distance = torch.sqrt(d0[:, None] ** 2 + d1[None, :] ** 2)
+        kernel = (1.0 / (1.0 + distance)) ** power
+        return torch.where(used0[:, None] & used1[None, :], kernel, 0.0)
+
+    def spectrum(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """rfft2 of the kernel [L0, L1 // 2 + 1]. The kernel is even in both offsets, so its
+        spectrum is real: kept real, computed in float64, stored in dtype."""
+        key = (dtype, device)
+        if key not in self._spectra:
+            self._spectra[key] = torch.fft.rfft2(self._kernel()).real.to(dtype=dtype, device=device)
+        return self._spectra[key]
+
+    def row_sums(self, dtype: torch.dtype, device: torch.device):
+        """(sum_j w_ij, sum_j w_ij^2) per unit [N]: the kernel and its square convolved with the
+        units' counts per site, once per sheet in float64."""
+        key = (dtype, device)
+        if key not in self._row_sums:
+            site = self.site.cpu()
+            counts = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.float64)
+            counts.index_add_(0, site, torch.ones(self.n_units, dtype=torch.float64))
+            sums = []
+            for power in (1, 2):
+                kernel = torch.fft.rfft2(self._kernel(power)).real
+                per_site = _convolve(counts.view(1, *self.shape), kernel, self.padded)
+                sums.append(per_site.reshape(-1)[site].to(dtype=dtype, device=device))
+            self._row_sums[key] = tuple(sums)
+        return self._row_sums[key]
+
+    def weighted_sum(self, z: torch.Tensor, positions: torch.Tensor | None = None):
+        """(W z [N, B], row sums of W [N], row sums of W^2 [N]) as spatial_torch.weighted_sum;
+        positions are not read (the lattice holds them)."""
+        n_units, batch = z.shape
+        if n_units != self.n_units:
+            raise ValueError(f"z has {n_units} units but the lattice {self.n_units}")
+        g0, g1 = self.shape
+        spectrum = self.spectrum(z.dtype, z.device)
+        grid = z.new_zeros(g0 * g1, batch).index_add_(0, self.site, z)  # units sharing a site add
+        grid_by_column = grid.t()  # [B, G0 G1] view
+        chunk = max(1, CHUNK_BYTES // (self.padded_sites * 2 * z.element_size()))
+        out = torch.empty_like(grid_by_column)
+        for start in range(0, batch, chunk):
+            columns = slice(start, min(batch, start + chunk))
+            block = grid_by_column[columns].reshape(-1, g0, g1)
+            out[columns] = _convolve(block, spectrum, self.padded).reshape(-1, g0 * g1)
+        wz = out.t().index_select(0, self.site)  # [N, B], row-major
+        w_rows, w2_rows = self.row_sums(z.dtype, z.device)
+        return wz, w_rows, w2_rows
+
+
+def _convolve(grid: torch.Tensor, spectrum: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
+    """Linear convolution of grid [C, G0, G1] with the kernel whose real spectrum is given, at the
+    grid's own sites. Pruned: the last axis is transformed on the G0 occupied rows only, forward
+    and back (the zero rows need no transform, and only G0 output rows are read)."""
+    g0, g1 = grid.shape[-2:]
+    spectra = torch.fft.rfft(grid, n=padded[1], dim=-1)
+    spectra = torch.fft.fft(spectra, n=padded[0], dim=-2)
+    spectra *= spectrum
+    spectra = torch.fft.ifft(spectra, dim=-2)[..., :g0, :]
+    return torch.fft.irfft(spectra, n=padded[1], dim=-1)[..., :g1]
+
+
+def _axis_spacing(values: torch.Tensor, tolerance: float) -> float | None:
+    """The smallest gap between distinct values (float64, >= 0) beyond the tolerance; None when all
+    are equal within it."""
+    gaps = values.sort().values.diff()
+    gaps = gaps[gaps > tolerance]
+    return None if gaps.numel() == 0 else float(gaps.min())
+
+
+def _fit_axis(values: torch.Tensor, gap: float | None, tolerance: float):
+    """(integer indices, spacing) with values ~ spacing * index within tolerance, for the coarsest
+    spacing gap / m (m <= MAX_GAP_MULTIPLE), or raise NotOnLattice. values are >= 0 (origin
+    removed), float64."""
+    if gap is None:  # one coordinate for every unit: a single row of sites, any spacing
+        return torch.zeros(values.shape, dtype=torch.int64), 1.0
+    largest_miss = math.inf
+    for multiple in range(1, MAX_GAP_MULTIPLE + 1):
+        guess = gap / multiple
+        count = float(values.max()) / guess + 1
+        if count > MAX_PADDED_SITES:
+            break
+        index = torch.round(values / guess)
+        # least squares through the origin: the spacing from all coordinates, not from one gap
+        spacing = float((index * values).sum() / (index * index).sum())
+        miss = float((values - index * spacing).abs().max())
+        if miss <= tolerance:
+            return index.to(torch.int64), spacing
+        largest_miss = min(largest_miss, miss)
+    raise NotOnLattice(f"positions are on no lattice with at most {MAX_PADDED_SITES} padded sites "
+                       f"(smallest gap {gap:.3g} mm; best fit misses by {largest_miss:.3g} mm, "
+                       f"tolerance {tolerance:.3g} mm)")
+
+
+def detect(positions: torch.Tensor) -> Lattice:
+    """The coarsest lattice (per-axis spacing, origin at the smallest coordinates) holding every
+    position up to TOLERANCE_EPS x eps(positions.dtype) x the largest |coordinate|; NotOnLattice
+    (with the reason) when there is none or its padded grid exceeds MAX_PADDED_SITES."""
+    p = positions.detach().to(device="cpu", dtype=torch.float64)
+    origin = p.min(dim=0).values
+    relative = p - origin
+    largest = float(p.abs().max())
+    tolerance = TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(largest, 1e-30)
+    columns, spacing = [], []
+    for axis in (0, 1):
+        values = relative[:, axis]
+        index, h = _fit_axis(values, _axis_spacing(values, tolerance), tolerance)
+        columns.append(index)
+        spacing.append(h)
+    lattice = Lattice(torch.stack(columns, dim=1), tuple(spacing), tuple(origin.tolist()),
+                      positions.device)
+    if lattice.padded_sites > MAX_PADDED_SITES:
+        raise NotOnLattice(f"the lattice's padded FFT grid {lattice.padded[0]} x {lattice.padded[1]} "
+                           f"exceeds {MAX_PADDED_SITES} sites")
+    return lattice
+
+
+def _detect_or_reason(positions: torch.Tensor):
+    try:
+        return detect(positions)
+    except NotOnLattice as reason:
+        return reason
+
+
+def lattice_of(positions: torch.Tensor) -> Lattice | NotOnLattice:
+    """detect(positions), once per tensor and in-place version (SHEET_CACHE); the NotOnLattice
+    reason is returned, not raised, so that `auto` can fall back to tiles."""
+    return SHEET_CACHE.get(positions, ("lattice",), lambda: _detect_or_reason(positions))
+
+
+def on_lattice(positions: torch.Tensor, spacing: float) -> bool:
+    """Whether every position is origin + integer multiples of `spacing` on both axes (up to the
+    rounding detect allows): for sheets checking the lattice they record."""
+    p = positions.detach().to(torch.float64)
+    relative = p - p.min(dim=0).values
+    tolerance = TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(float(p.abs().max()), 1e-30)
+    steps = relative / spacing
+    return bool(((steps - torch.round(steps)).abs() * spacing <= tolerance).all())
