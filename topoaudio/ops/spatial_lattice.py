@@ -130,11 +130,15 @@ class Lattice:
         grid = z.new_zeros(g0 * g1, batch).index_add_(0, self.site, z)  # units sharing a site add
         grid_by_column = grid.t()  # [B, G0 G1] view
         chunk = max(1, CHUNK_BYTES // (self.padded_sites * 2 * z.element_size()))
-        out = torch.empty_like(grid_by_column)
-        for start in range(0, batch, chunk):
-            columns = slice(start, min(batch, start + chunk))
-            block = grid_by_column[columns].reshape(-1, g0, g1)
-            out[columns] = _convolve(block, spectrum, self.padded).reshape(-1, g0 * g1)
+        if chunk >= batch:  # the usual case: one transform of every column, no buffer
+            out = _convolve(grid_by_column.reshape(batch, g0, g1), spectrum, self.padded)
+            out = out.reshape(batch, g0 * g1)
+        else:
+            out = torch.empty_like(grid_by_column)
+            for start in range(0, batch, chunk):
+                columns = slice(start, min(batch, start + chunk))
+                block = grid_by_column[columns].reshape(-1, g0, g1)
+                out[columns] = _convolve(block, spectrum, self.padded).reshape(-1, g0 * g1)
         wz = out.t().index_select(0, self.site)  # [N, B], row-major
         w_rows, w2_rows = self.row_sums(z.dtype, z.device)
         return wz, w_rows, w2_rows
@@ -147,7 +151,7 @@ def _convolve(grid: torch.Tensor, spectrum: torch.Tensor, padded: tuple[int, int
     g0, g1 = grid.shape[-2:]
     spectra = torch.fft.rfft(grid, n=padded[1], dim=-1)
     spectra = torch.fft.fft(spectra, n=padded[0], dim=-2)
-    spectra *= spectrum
+    torch.view_as_real(spectra).mul_(spectrum.unsqueeze(-1))  # real spectrum: no complex copy
     spectra = torch.fft.ifft(spectra, dim=-2)[..., :g0, :]
     return torch.fft.irfft(spectra, n=padded[1], dim=-1)[..., :g1]
 
@@ -160,17 +164,17 @@ def _axis_spacing(values: torch.Tensor, tolerance: float) -> float | None:
     return None if gaps.numel() == 0 else float(gaps.min())
 
 
-def _fit_axis(values: torch.Tensor, gap: float | None, tolerance: float):
+def _fit_axis(values: torch.Tensor, gap: float | None, tolerance: float, padded_budget: int):
     """(integer indices, spacing) with values ~ spacing * index within tolerance, for the coarsest
-    spacing gap / m (m <= MAX_GAP_MULTIPLE), or raise NotOnLattice. values are >= 0 (origin
-    removed), float64."""
+    spacing gap / m (m <= MAX_GAP_MULTIPLE) whose padded axis (2 G - 1 sites) fits padded_budget,
+    or raise NotOnLattice. values are >= 0 (origin removed), float64."""
     if gap is None:  # one coordinate for every unit: a single row of sites, any spacing
         return torch.zeros(values.shape, dtype=torch.int64), 1.0
     largest_miss = math.inf
     for multiple in range(1, MAX_GAP_MULTIPLE + 1):
         guess = gap / multiple
         count = float(values.max()) / guess + 1
-        if count > MAX_PADDED_SITES:
+        if 2 * count - 1 > padded_budget:
             break
         index = torch.round(values / guess)
         # least squares through the origin: the spacing from all coordinates, not from one gap
@@ -179,9 +183,9 @@ def _fit_axis(values: torch.Tensor, gap: float | None, tolerance: float):
         if miss <= tolerance:
             return index.to(torch.int64), spacing
         largest_miss = min(largest_miss, miss)
-    raise NotOnLattice(f"positions are on no lattice with at most {MAX_PADDED_SITES} padded sites "
-                       f"(smallest gap {gap:.3g} mm; best fit misses by {largest_miss:.3g} mm, "
-                       f"tolerance {tolerance:.3g} mm)")
+    fit = "" if largest_miss == math.inf else f"; best fit misses by {largest_miss:.3g} mm"
+    raise NotOnLattice(f"positions are on no lattice whose padded FFT grid fits {MAX_PADDED_SITES} "
+                       f"sites (smallest gap {gap:.3g} mm{fit}; tolerance {tolerance:.3g} mm)")
 
 
 def detect(positions: torch.Tensor) -> Lattice:
@@ -194,16 +198,18 @@ def detect(positions: torch.Tensor) -> Lattice:
     largest = float(p.abs().max())
     tolerance = TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(largest, 1e-30)
     columns, spacing = [], []
+    budget = MAX_PADDED_SITES
     for axis in (0, 1):
         values = relative[:, axis]
-        index, h = _fit_axis(values, _axis_spacing(values, tolerance), tolerance)
+        index, h = _fit_axis(values, _axis_spacing(values, tolerance), tolerance, budget)
         columns.append(index)
         spacing.append(h)
+        budget //= _fast_size(2 * int(index.max()) + 1)  # what the other axis may still use
     lattice = Lattice(torch.stack(columns, dim=1), tuple(spacing), tuple(origin.tolist()),
                       positions.device)
     if lattice.padded_sites > MAX_PADDED_SITES:
-        raise NotOnLattice(f"the lattice's padded FFT grid {lattice.padded[0]} x {lattice.padded[1]} "
-                           f"exceeds {MAX_PADDED_SITES} sites")
+        raise NotOnLattice(f"positions are on no lattice within budget: the padded FFT grid "
+                           f"{lattice.padded[0]} x {lattice.padded[1]} exceeds {MAX_PADDED_SITES} sites")
     return lattice
 
 
