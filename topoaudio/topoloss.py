@@ -15,25 +15,63 @@ from torch import nn
 from .sheet import grid_shape
 
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
+INTERPOLATIONS = ("bilinear", "nearest")
 
 
-def topoloss_layer(weight: torch.Tensor, phi: float = 2.0) -> torch.Tensor:
-    """L = 1 - mean over grid cells of cos(W_cell, B(W)_cell); a 0-dim tensor.
+def topoloss_layer(weight: torch.Tensor, phi: float = 2.0, *, factor_h: float | None = None,
+                   factor_w: float | None = None, interpolation: str = "bilinear") -> torch.Tensor:
+    """L = 1 - mean over grid cells of cos(W_cell, B(W)_cell); a 0-dim tensor. TopoNets' loss
+    (toponets/topoloss, ``laplacian_pyramid_loss``), value and gradient as its own code computes them
+    (tests/test_topoloss_toponets.py, against numbers its code produced).
 
     weight: [C_out, C_in, kh, kw], [C_out, C_in, k] or [out, in], reshaped to [C_out, E] and laid
-    on the h x w grid (channel c at row c // w, column c % w) as an image [1, E, h, w].
-    B(.) = bilinear upsample back to h x w of a bilinear downsample to
-    max(1, round(h / phi)) x max(1, round(w / phi)). float16/bfloat16 weights are computed in
-    float32 (bilinear interpolation of half tensors is not supported everywhere).
+    on the h x w grid (channel c at row c // w, column c % w). B(.) is TopoNets' blur: a
+    downsample by ``F.interpolate(scale_factor=(1 / factor_h, 1 / factor_w))`` -- floor(h / factor_h)
+    x floor(w / factor_w) cells, source coordinates mapped with the factor itself, not with the ratio
+    of the sizes -- then an upsample back to h x w. ``phi`` sets both factors; ``factor_h`` /
+    ``factor_w`` override it per axis. interpolation: "bilinear" (TopoNets' default) or "nearest".
+    float16/bfloat16 weights are computed in float32 (bilinear interpolation of half tensors is not
+    supported everywhere).
+
+    Example: ``topoloss_layer(torch.randn(1024, 8), phi=3.0)`` blurs the 32 x 32 grid through 10 x 10.
     """
-    sheet = _weight_sheet(weight, "weight")
-    if not (isinstance(phi, numbers.Real) and math.isfinite(phi) and phi >= 1):
-        raise ValueError(f"phi (the blur's downsampling factor) must be a finite number >= 1, got {phi!r}")
-    _, _, height, width = sheet.shape
-    coarse_size = (max(1, round(height / phi)), max(1, round(width / phi)))
-    coarse = F.interpolate(sheet, size=coarse_size, mode="bilinear", align_corners=False)
-    blurred = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    return 1 - F.cosine_similarity(sheet, blurred, dim=1).mean()
+    rows, height, width = _weight_rows(weight, "weight")
+    factor_h, factor_w = blur_factors(height, width, phi, factor_h, factor_w)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    # F.interpolate refuses align_corners for "nearest"; for "bilinear" None means False
+    corners = {"align_corners": False} if interpolation == "bilinear" else {}
+    image = rows.reshape(height, width, -1).permute(2, 0, 1).unsqueeze(0)
+    # recompute_scale_factor=False: the kernel maps coordinates by the given factor, as TopoNets'
+    # call (which leaves it at None, the same path) does; True would map by the ratio of sizes
+    coarse = F.interpolate(image, scale_factor=(1 / factor_h, 1 / factor_w), mode=interpolation,
+                           recompute_scale_factor=False, **corners)
+    blurred = F.interpolate(coarse, size=(height, width), mode=interpolation, **corners)
+    # cells as rows [h * w, E], the layout TopoNets takes the cosine in (same reduction order)
+    blurred_rows = blurred[0].permute(1, 2, 0).reshape(height * width, -1)
+    return 1 - F.cosine_similarity(rows, blurred_rows, dim=-1).mean()
+
+
+def blur_factors(height: int, width: int, phi: float = 2.0, factor_h: float | None = None,
+                 factor_w: float | None = None) -> tuple[float, float]:
+    """(factor_h, factor_w) for an h x w grid: each given factor, else phi; ValueError when a factor
+    is not a finite number >= 1 or leaves no cell along its axis (floor(size * (1 / factor)) = 0,
+    TopoNets' `factor <= size` in the arithmetic F.interpolate uses)."""
+    factors = []
+    for axis, size, factor in (("factor_h", height, factor_h), ("factor_w", width, factor_w)):
+        name = axis if factor is not None else "phi"
+        factor = phi if factor is None else factor
+        if isinstance(factor, bool) or not (isinstance(factor, numbers.Real) and math.isfinite(factor)
+                                            and factor >= 1):
+            raise ValueError(f"{name} (the blur's downsampling factor) must be a finite number >= 1, "
+                             f"got {factor!r}")
+        if int(size * (1 / float(factor))) < 1:
+            raise ValueError(f"{name}={factor} leaves no cell of the grid's {size} "
+                             f"{'rows' if axis == 'factor_h' else 'columns'} (TopoNets needs "
+                             f"{name} <= {size}); the {height} x {width} grid has {height * width} "
+                             "channels")
+        factors.append(float(factor))
+    return factors[0], factors[1]
 
 
 def weight_roughness(weight: torch.Tensor) -> float:
@@ -90,21 +128,31 @@ class TopoLoss(nn.Module):
     a model that holds it. tau: one float for all layers or a dict with one float per layer.
     schedule: optional ``step -> multiplier`` (e.g. a functools.partial of ``tau_schedule``)
     applied to every tau when ``forward`` gets a step; without a step, full strength.
+    phi, factor_h, factor_w, interpolation: the blur, as in ``topoloss_layer`` (checked against
+    every layer's grid here, before any step).
     """
 
     def __init__(self, layers: dict[str, nn.Module | nn.Parameter], tau: float | dict[str, float],
-                 phi: float = 2.0, *, schedule=None):
+                 phi: float = 2.0, *, factor_h: float | None = None, factor_w: float | None = None,
+                 interpolation: str = "bilinear", schedule=None):
         super().__init__()
         if not isinstance(layers, dict) or not layers:
             raise ValueError("layers must be a non-empty dict of name -> module or parameter")
         for name, layer in layers.items():
-            _weight_of(name, layer)
+            _, height, width = _weight_rows(_weight_of(name, layer), name)
+            try:
+                blur_factors(height, width, phi, factor_h, factor_w)
+            except ValueError as error:
+                raise ValueError(f"TopoLoss layer {name!r}: {error}") from None
         self.tau = _taus(tau, list(layers))
-        if not (isinstance(phi, numbers.Real) and math.isfinite(phi) and phi >= 1):
-            raise ValueError(f"phi must be a finite number >= 1, got {phi!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         if schedule is not None and not callable(schedule):
             raise ValueError(f"schedule must be callable step -> multiplier, got {schedule!r}")
         self.phi = float(phi)
+        self.factor_h = None if factor_h is None else float(factor_h)
+        self.factor_w = None if factor_w is None else float(factor_w)
+        self.interpolation = interpolation
         self.schedule = schedule
         # A plain dict: nn.Module would otherwise register the model's layers as our submodules.
         self._layers = dict(layers)
@@ -115,17 +163,21 @@ class TopoLoss(nn.Module):
         total = 0.0
         per_layer = {}
         for name, layer in self._layers.items():
-            loss = topoloss_layer(_weight_of(name, layer), self.phi)
+            loss = topoloss_layer(_weight_of(name, layer), self.phi, factor_h=self.factor_h,
+                                  factor_w=self.factor_w, interpolation=self.interpolation)
             per_layer[name] = loss.detach().item()
             total = total + self.tau[name] * loss
         return total * (multiplier / len(self._layers)), per_layer
 
     def extra_repr(self) -> str:
-        return f"layers={list(self._layers)}, tau={self.tau}, phi={self.phi}"
+        factors = "" if self.factor_h is None and self.factor_w is None else \
+            f", factor_h={self.factor_h}, factor_w={self.factor_w}"
+        return (f"layers={list(self._layers)}, tau={self.tau}, phi={self.phi}{factors}, "
+                f"interpolation={self.interpolation!r}")
 
 
-def _weight_sheet(weight, name: str) -> torch.Tensor:
-    """weight [C_out, ...] -> image [1, E, h, w] on the grid_shape(C_out) grid, row-major."""
+def _weight_rows(weight, name: str) -> tuple[torch.Tensor, int, int]:
+    """weight [C_out, ...] -> (rows [C_out, E], h, w): row c is the grid cell (c // w, c % w)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"{name} must be a tensor [C_out, C_in, ...] with 2+ dims, got {got}")
@@ -133,9 +185,14 @@ def _weight_sheet(weight, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be floating point, got {weight.dtype}")
     if weight.dtype in (torch.float16, torch.bfloat16):
         weight = weight.float()
-    n_out = weight.shape[0]
-    height, width = grid_shape(n_out)
-    return weight.reshape(height, width, -1).permute(2, 0, 1).unsqueeze(0)
+    height, width = grid_shape(weight.shape[0])
+    return weight.reshape(weight.shape[0], -1), height, width
+
+
+def _weight_sheet(weight, name: str) -> torch.Tensor:
+    """weight [C_out, ...] -> image [1, E, h, w] on the grid_shape(C_out) grid, row-major."""
+    rows, height, width = _weight_rows(weight, name)
+    return rows.reshape(height, width, -1).permute(2, 0, 1).unsqueeze(0)
 
 
 def _weight_of(name: str, layer) -> torch.Tensor:
