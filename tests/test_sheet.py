@@ -4,7 +4,15 @@ import math
 import pytest
 import torch
 
-from topoaudio.sheet import CorticalSheet, channel_freq_sheet, channels_sheet, grid_shape
+from topoaudio.ops.spatial_lattice import detect
+from topoaudio.sheet import (
+    DEFAULT_LATTICE_MM,
+    CorticalSheet,
+    build_sheets,
+    channel_freq_sheet,
+    channels_sheet,
+    grid_shape,
+)
 
 
 @pytest.mark.parametrize("n_channels, expected", [
@@ -86,10 +94,15 @@ def test_overlap_controls_whether_neighbouring_rows_interleave():
 
 
 def test_channels_keep_their_place_across_rows_and_jitter_scatters_them():
-    still = rows(channel_freq_sheet("s", 20, 5, jitter_mm=0.0))
+    still = rows(channel_freq_sheet("s", 20, 5, jitter_mm=0.0, lattice_mm=None))
     assert torch.equal(still[:, :, 0], still[:1, :, 0].expand(5, 20))
     row_shift = still[:, :, 1] - still[:1, :, 1]
     assert torch.allclose(row_shift, row_shift[:, :1].expand(5, 20), atol=1e-5)
+    # on the lattice, each row's shift is the same up to one lattice step (two roundings)
+    snapped = rows(channel_freq_sheet("s", 20, 5, jitter_mm=0.0, lattice_mm=0.05))
+    assert torch.equal(snapped[:, :, 0], snapped[:1, :, 0].expand(5, 20))
+    row_shift = snapped[:, :, 1] - snapped[:1, :, 1]
+    assert torch.allclose(row_shift, row_shift[:, :1].expand(5, 20), atol=0.05 + 1e-5)
 
     jittered = rows(channel_freq_sheet("s", 20, 5, jitter_mm=0.1))
     deviation = jittered - still
@@ -181,3 +194,55 @@ def test_from_state_dict_rejects_incomplete_state():
     del state["positions"]
     with pytest.raises(ValueError, match="positions"):
         CorticalSheet.from_state_dict(state)
+
+
+# --- lattices (issue 14) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("lattice_mm", [DEFAULT_LATTICE_MM, 0.1, 0.037])
+def test_channel_freq_snapping_moves_each_coordinate_by_at_most_half_a_step(lattice_mm):
+    kwargs = dict(size_mm=(10.0, 7.0), seed=2)
+    free = channel_freq_sheet("s", 64, 30, lattice_mm=None, **kwargs)
+    snapped = channel_freq_sheet("s", 64, 30, lattice_mm=lattice_mm, **kwargs)
+    assert free.lattice_spacing is None and snapped.lattice_spacing == lattice_mm
+    moved = (snapped.positions.double() - free.positions.double()).abs()
+    rounding = 2 * torch.finfo(torch.float32).eps * 11.0  # both sheets are float32 copies
+    assert moved.max() <= lattice_mm / 2 + rounding
+    assert moved.max() > lattice_mm / 4  # something did move: the jitter is not on the lattice
+    steps = snapped.positions.double() / lattice_mm
+    assert (steps - steps.round()).abs().max() * lattice_mm <= rounding
+
+
+def test_sheets_we_build_are_found_on_their_lattice():
+    # the channel_freq sheets of a CochResNet50-like tap set, and a channels sheet
+    sheets = build_sheets({"layer1": (256, 53), "layer4": (2048, 7)}, "channel_freq")
+    for sheet in sheets.values():
+        lattice = detect(sheet.positions)
+        assert lattice.spacing == pytest.approx((DEFAULT_LATTICE_MM,) * 2, rel=1e-5)
+        # ~10 mm plus the jitter's tails, in 0.05 mm steps; padded grid ~420 x 420
+        assert all(190 <= g <= 230 for g in lattice.shape), lattice.shape
+        assert lattice.padded_sites <= 480 * 480
+    channels = channels_sheet("conv", 512)
+    assert channels.lattice_spacing == channels.params["spacing_mm"]
+    lattice = detect(channels.positions)
+    assert lattice.shape == (32, 16) and lattice.spacing == pytest.approx((0.25, 0.25))
+
+
+def test_lattice_spacing_round_trips_and_old_states_load_off_lattice():
+    sheet = channel_freq_sheet("s", 16, 8, seed=1)
+    state = sheet.state_dict()
+    assert state["lattice_spacing"] == DEFAULT_LATTICE_MM
+    again = CorticalSheet.from_state_dict(state)
+    assert again.lattice_spacing == DEFAULT_LATTICE_MM
+    assert torch.equal(again.positions, sheet.positions)
+    old = {key: value for key, value in state.items() if key != "lattice_spacing"}
+    old["positions"] = channel_freq_sheet("s", 16, 8, seed=1, lattice_mm=None).positions
+    restored = CorticalSheet.from_state_dict(old)
+    assert restored.lattice_spacing is None and torch.equal(restored.positions, old["positions"])
+
+
+def test_a_sheet_cannot_claim_a_lattice_its_positions_are_not_on():
+    positions = channel_freq_sheet("s", 16, 8, lattice_mm=None).positions
+    with pytest.raises(ValueError, match="not on a lattice of spacing 0.05 mm"):
+        CorticalSheet("s", "channel_freq", positions, 16, 8, lattice_spacing=0.05)
+    with pytest.raises(ValueError, match="lattice_mm must be a positive"):
+        channel_freq_sheet("s", 16, 8, lattice_mm=0.0)

@@ -7,6 +7,11 @@ Two kinds:
   [B, C, F, T]; rows are iso-frequency bands stacked along y, channels scatter inside each band.
 
 Sheet x is the first position column, y the second; both start at 0 mm.
+
+Both kinds put their units on a lattice, recorded as ``lattice_spacing`` (mm): the channel grid
+itself for ``channels``, and for ``channel_freq`` positions rounded to multiples of
+DEFAULT_LATTICE_MM (each coordinate moves by at most half a step). On a lattice the whole-sheet
+spatial loss takes its FFT path (topoaudio.ops.spatial_lattice, docs/SPATIAL_LOSS.md).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import numbers
 
 import torch
 
+from topoaudio.ops.spatial_lattice import on_lattice
+
 KINDS = ("channels", "channel_freq")
 # One spacing for every layer, so a radius in mm covers the same number of neighbours in every
 # layer; 0.25 mm puts a 512-channel layer (16 x 32) on 8 x 4 mm, a few mm like a cortical field.
@@ -24,6 +31,9 @@ DEFAULT_CHANNEL_SPACING_MM = 0.25
 DEFAULT_CHANNEL_FREQ_SIZE_MM = 10.0
 DEFAULT_OVERLAP = 0.5
 DEFAULT_JITTER_MM = 0.05
+# Lattice step of channel_freq sheets, equal to the default jitter's std so the jitter survives as
+# whole steps: a 10 mm sheet is ~210 x 210 sites, an FFT grid of 420 x 420 (docs/SPATIAL_LOSS.md).
+DEFAULT_LATTICE_MM = 0.05
 
 
 def grid_shape(n_channels: int) -> tuple[int, int]:
@@ -42,13 +52,15 @@ class CorticalSheet:
     """Positions [N, 2] (float32, mm) of a layer's N units and how activations become responses.
 
     Attributes: ``layer`` (name), ``kind`` ("channels" or "channel_freq"), ``n_units``,
-    ``n_channels``, ``n_freqs`` (None for "channels"), ``positions`` [N, 2] and ``params`` (the
-    construction parameters, plain Python values). Build one with ``channels_sheet`` or
-    ``channel_freq_sheet``.
+    ``n_channels``, ``n_freqs`` (None for "channels"), ``positions`` [N, 2], ``params`` (the
+    construction parameters, plain Python values) and ``lattice_spacing`` (mm: every position is
+    an origin plus whole multiples of it on both axes; None when not on a lattice, as in sheets
+    saved before lattices). Build one with ``channels_sheet`` or ``channel_freq_sheet``.
     """
 
     def __init__(self, layer: str, kind: str, positions: torch.Tensor, n_channels: int,
-                 n_freqs: int | None = None, params: dict | None = None):
+                 n_freqs: int | None = None, params: dict | None = None,
+                 lattice_spacing: float | None = None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         n_channels = _check_count("n_channels", n_channels)
@@ -67,6 +79,13 @@ class CorticalSheet:
         self.n_units = n_units
         self.positions = positions.detach().to(torch.float32)
         self.params = copy.deepcopy(dict(params or {}))
+        if lattice_spacing is not None:
+            _check_positive("lattice_spacing", lattice_spacing)
+            if not on_lattice(self.positions, lattice_spacing):
+                raise ValueError(f"layer {layer!r}: positions are not on a lattice of spacing "
+                                 f"{lattice_spacing} mm")
+            lattice_spacing = float(lattice_spacing)
+        self.lattice_spacing = lattice_spacing
 
     def responses(self, activations: torch.Tensor) -> torch.Tensor:
         """Unit responses [B, N] from the layer's activations.
@@ -95,15 +114,17 @@ class CorticalSheet:
         """Plain values and one CPU tensor; ``from_state_dict`` restores the sheet exactly."""
         return {"layer": self.layer, "kind": self.kind, "n_channels": self.n_channels,
                 "n_freqs": self.n_freqs, "params": copy.deepcopy(self.params),
-                "positions": self.positions.detach().cpu().clone()}
+                "positions": self.positions.detach().cpu().clone(),
+                "lattice_spacing": self.lattice_spacing}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> CorticalSheet:
         missing = {"layer", "kind", "n_channels", "n_freqs", "params", "positions"} - set(state)
         if missing:
             raise ValueError(f"sheet state is missing {sorted(missing)}")
+        # states saved before lattices have no lattice_spacing: their positions load as they were
         return cls(state["layer"], state["kind"], state["positions"].clone(), state["n_channels"],
-                   state["n_freqs"], state["params"])
+                   state["n_freqs"], state["params"], state.get("lattice_spacing"))
 
     def __repr__(self) -> str:
         extent = self.positions.amax(dim=0) - self.positions.amin(dim=0)
@@ -133,7 +154,8 @@ def channels_sheet(layer: str, n_channels: int, *, size_mm: float | None = None,
 
     Channel c sits at row c // w, column c % w: x = (c % w + 0.5) * spacing, y = (c // w + 0.5) *
     spacing, so the sheet covers [0, w * spacing] x [0, h * spacing] mm. ``size_mm``, when given,
-    overrides the spacing so the longer side (w) spans size_mm.
+    overrides the spacing so the longer side (w) spans size_mm. The grid is the sheet's lattice
+    (lattice_spacing = spacing): nothing is moved.
     """
     n_channels = _check_count("n_channels", n_channels)
     height, width = grid_shape(n_channels)
@@ -145,13 +167,14 @@ def channels_sheet(layer: str, n_channels: int, *, size_mm: float | None = None,
     column, row = channel % width, torch.div(channel, width, rounding_mode="floor")
     positions = torch.stack([(column + 0.5) * spacing_mm, (row + 0.5) * spacing_mm], dim=1)
     params = {"spacing_mm": float(spacing_mm), "grid": [height, width]}
-    return CorticalSheet(layer, "channels", positions, n_channels, None, params)
+    return CorticalSheet(layer, "channels", positions, n_channels, None, params, spacing_mm)
 
 
 def channel_freq_sheet(layer: str, n_channels: int, n_freqs: int, *,
                        size_mm: float | tuple[float, float] = DEFAULT_CHANNEL_FREQ_SIZE_MM,
                        overlap: float = DEFAULT_OVERLAP, jitter_mm: float = DEFAULT_JITTER_MM,
-                       seed: int = 0) -> CorticalSheet:
+                       seed: int = 0,
+                       lattice_mm: float | None = DEFAULT_LATTICE_MM) -> CorticalSheet:
     """One unit per (channel c, frequency row f), unit index f * C + c; N = C * F.
 
     The sheet is size_mm (a float for a square, or (x, y)). Frequency row f owns a band (patch)
@@ -165,6 +188,10 @@ def channel_freq_sheet(layer: str, n_channels: int, n_freqs: int, *,
     its own Gaussian jitter (std ``jitter_mm`` per axis) from
     ``torch.Generator().manual_seed(seed)``: same seed, same positions. Jitter may carry a unit a
     few jitter_mm past the sheet's edge.
+
+    Last, each coordinate is rounded to the nearest multiple of ``lattice_mm`` (moving it by at most
+    lattice_mm / 2), so the whole-sheet spatial loss runs as an FFT convolution; None keeps the
+    positions off any lattice.
     """
     n_channels = _check_count("n_channels", n_channels)
     n_freqs = _check_count("n_freqs", n_freqs)
@@ -175,6 +202,8 @@ def channel_freq_sheet(layer: str, n_channels: int, n_freqs: int, *,
         raise ValueError(f"jitter_mm must be a finite number >= 0, got {jitter_mm!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {seed!r}")
+    if lattice_mm is not None:
+        _check_positive("lattice_mm", lattice_mm)
 
     # F bands of height H stepping by H (1 - overlap) fill size_y: H (1 + (F - 1)(1 - overlap)).
     band_height = size_y / (1 + (n_freqs - 1) * (1 - overlap))
@@ -193,9 +222,12 @@ def channel_freq_sheet(layer: str, n_channels: int, n_freqs: int, *,
     generator = torch.Generator().manual_seed(seed)
     jitter = torch.randn(positions.shape, generator=generator, dtype=torch.float64)
     positions = positions + jitter * jitter_mm
+    if lattice_mm is not None:
+        positions = torch.round(positions / lattice_mm) * lattice_mm
     params = {"size_mm": [size_x, size_y], "overlap": float(overlap), "jitter_mm": float(jitter_mm),
-              "seed": int(seed), "band_height_mm": band_height, "grid": [grid_h, grid_w]}
-    return CorticalSheet(layer, "channel_freq", positions, n_channels, n_freqs, params)
+              "seed": int(seed), "band_height_mm": band_height, "grid": [grid_h, grid_w],
+              "lattice_mm": None if lattice_mm is None else float(lattice_mm)}
+    return CorticalSheet(layer, "channel_freq", positions, n_channels, n_freqs, params, lattice_mm)
 
 
 def _sheet_size(size_mm) -> tuple[float, float]:
