@@ -67,9 +67,12 @@ def soundfont_path() -> str:
 
 def check_installation() -> None:
     """Raise ImportError naming what to install if tinysoundfont or the SoundFont is missing."""
+    import importlib
+
     soundfont_path()
-    try:
-        import tinysoundfont._tinysoundfont  # noqa: F401
+    try:  # the package first: `import a.b` would not notice a package blocked in sys.modules
+        importlib.import_module("tinysoundfont")
+        importlib.import_module("tinysoundfont._tinysoundfont")
     except ImportError as error:
         raise ImportError(f"music needs the tinysoundfont package: {INSTALL_HINT}") from error
 
