@@ -24,7 +24,7 @@ import random
 import numpy as np
 import torch
 
-from topoaudio.models import build_model, tap_shapes
+from topoaudio.models import build_model, tap_shapes, task_sizes
 from topoaudio.sheet import CorticalSheet, build_sheets
 
 FORMAT_VERSION = 2
@@ -32,7 +32,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 MAGIC = b"topoaudio checkpoint\n"
 # The settings that rebuild a trained model and its sheets.
 MODEL_KEYS = ("model", "topo", "seed", "topo_layers", "sheet", "sheet_size_mm")
-# What a training checkpoint holds; resuming needs all of it.
+# What a training checkpoint holds; resuming needs all of it. Beside these, "tasks" records the
+# model's heads: {task: n_classes} for a multi-task model, None (or, in checkpoints written before
+# multi-task training, absent) for one head, whose size the weights give.
 TRAINING_KEYS = ("step", "config", "model", "optimizer", "scheduler", "topography", "rng")
 
 
@@ -232,11 +234,44 @@ def sheets_for(config: dict, model: torch.nn.Module, clip_samples: int) -> dict:
     return build_sheets(shapes, config["sheet"], size_mm=config["sheet_size_mm"], seed=config["seed"])
 
 
+def recorded_tasks(state: dict, path) -> dict[str, int] | None:
+    """The checkpoint's {task: n_classes}, or None for a one-head model; one line when malformed."""
+    tasks = state.get("tasks")
+    if tasks is None:
+        return None
+    try:
+        sizes = task_sizes(tasks)
+    except ValueError as error:
+        raise ValueError(f"{path} records malformed tasks: {error}") from None
+    if sizes is None:  # an int is a head size, not a task list
+        raise ValueError(f"{path} records malformed tasks: {tasks!r} is not {{task: n_classes}}")
+    return sizes
+
+
+def check_tasks(state: dict, tasks: dict[str, int] | None, path) -> None:
+    """Refuse (one line) to resume a checkpoint whose heads differ from the run's `tasks`
+    ({task: n_classes} of its dataset, None for one head)."""
+    saved = recorded_tasks(state, path)  # checkpoints from before multi-task training: one head
+    if saved != tasks:
+        def name(value):
+            return "one head" if value is None else f"tasks {value}"
+        raise ValueError(f"{path} was trained with {name(saved)}, but this run's dataset gives "
+                         f"{name(tasks)}: the heads cannot be resumed")
+
+
 def _n_classes(model_state: dict, path) -> int:
     for key in ("head.weight", "heads.out.weight"):
         if isinstance(model_state.get(key), torch.Tensor) and model_state[key].dim() == 2:
             return int(model_state[key].shape[0])
     raise ValueError(f"{path} has no single classification head (head.weight / heads.out.weight)")
+
+
+def _first_problem(error: RuntimeError) -> str:
+    """The first concrete line of load_state_dict's message (its first line is only a preamble),
+    cut short: a list of every missing key would bury the message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    line = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def load_trained(path, clip_samples: int = 40000) -> tuple[torch.nn.Module, dict, dict]:
@@ -251,15 +286,18 @@ def load_trained(path, clip_samples: int = 40000) -> tuple[torch.nn.Module, dict
         raise ValueError(f"{path} was written by another topoaudio version: its config lacks {missing}")
     if not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} holds no model weights")
+    tasks = recorded_tasks(state, path)
+    heads = {"n_classes": _n_classes(state["model"], path)} if tasks is None else {"tasks": tasks}
     try:
-        model = build_model(config["model"], _n_classes(state["model"], path))
+        model = build_model(config["model"], **heads)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} names a model this version cannot build: {error}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"{path} does not match the {config['model']} model of this version: "
-                         f"{str(error).splitlines()[0]}") from None
+        recorded = "" if tasks is None else f" with its recorded tasks {tasks}"
+        raise ValueError(f"{path} does not match the {config['model']} model of this version"
+                         f"{recorded}: {_first_problem(error)}") from None
     model.eval()
     try:
         saved = {layer: CorticalSheet.from_state_dict(s)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .frontend import CochlearFrontend
+from .heads import task_sizes
 
 
 def _block(c_in, c_out, kernel, stride, pool):
@@ -16,23 +17,31 @@ def _block(c_in, c_out, kernel, stride, pool):
 
 
 class CochCNN(nn.Module):
-    """waveform [B, 40000] -> logits [B, n_classes]. Taps (feature maps [B, C, F, T] for a 2 s clip,
-    F and T the cochleagram's 211 x 390 reduced): block1 [B, 24, 53, 97], block2 [B, 48, 27, 49],
-    block3 [B, 96, 13, 24], block4 [B, 128, 13, 24]. About 0.15 GMAC per clip: the cochleagram
-    costs as much as the network, and a training step at batch 16 takes ~1 s on two cores."""
+    """waveform [B, 40000] -> logits [B, n] (heads = n: one head) or {task: logits [B, n_task]}
+    (heads = {task: n_task}: one linear head per task on the same pooled features). Taps (feature
+    maps [B, C, F, T] for a 2 s clip, F and T the cochleagram's 211 x 390 reduced): block1
+    [B, 24, 53, 97], block2 [B, 48, 27, 49], block3 [B, 96, 13, 24], block4 [B, 128, 13, 24].
+    About 0.15 GMAC per clip: the cochleagram costs as much as the network, and a training step at
+    batch 16 takes ~1 s on two cores."""
 
     tap_names = ("block1", "block2", "block3", "block4")
 
-    def __init__(self, n_classes: int, width: int = 24):
+    def __init__(self, heads: int | dict[str, int], width: int = 24):
         super().__init__()
+        self.tasks = task_sizes(heads)  # None: one head
         self.frontend = CochlearFrontend()
         self.block1 = _block(1, width, 7, 2, pool=True)
         self.block2 = _block(width, 2 * width, 5, 2, pool=False)
         self.block3 = _block(2 * width, 4 * width, 3, 1, pool=True)
         self.block4 = _block(4 * width, 128, 3, 1, pool=False)
-        self.head = nn.Linear(128, n_classes)
+        if self.tasks is None:
+            self.head = nn.Linear(128, heads)  # named "head": single-task checkpoints keep loading
+        else:
+            self.heads = nn.ModuleDict({task: nn.Linear(128, n) for task, n in self.tasks.items()})
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor):
         x = self.frontend(waveform)
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.head(x.mean(dim=(2, 3)))
+        pooled = self.block4(self.block3(self.block2(self.block1(x)))).mean(dim=(2, 3))
+        if self.tasks is None:
+            return self.head(pooled)
+        return {task: head(pooled) for task, head in self.heads.items()}

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .frontend import CochlearFrontend
+from .heads import task_sizes
 
 
 class Bottleneck(nn.Module):
@@ -43,17 +44,16 @@ def _stage(c_in: int, width: int, blocks: int, stride: int) -> nn.Sequential:
 class CochResNet50(nn.Module):
     """waveform [B, 40000] -> logits [B, n] (one head) or {head: logits} (several heads).
 
-    heads: {"word": 794} or e.g. {"word": 794, "speaker": 433, "audioset": 517} (the multi-task
-    recipe). Taps: conv1 [B, 64, 106, 195], layer1 [B, 256, 53, 98], layer2 [B, 512, 27, 49],
+    heads: 794 (one head, logits returned as a tensor) or e.g. {"word": 794, "speaker": 433,
+    "audioset": 517} (the multi-task recipe; a dict is returned even for a single task).
+    Taps: conv1 [B, 64, 106, 195], layer1 [B, 256, 53, 98], layer2 [B, 512, 27, 49],
     layer3 [B, 1024, 14, 25], layer4 [B, 2048, 7, 13] for a 2 s clip."""
 
     tap_names = ("conv1", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, heads: dict[str, int] | int = 794):
         super().__init__()
-        self.head_sizes = {"out": heads} if isinstance(heads, int) else dict(heads)
-        if not self.head_sizes or any(int(n) < 1 for n in self.head_sizes.values()):
-            raise ValueError(f"heads must map names to positive class counts, got {heads!r}")
+        self.tasks = task_sizes(heads)  # None: one head
         self.frontend = CochlearFrontend()
         self.conv1 = nn.Sequential(nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False),
                                    nn.BatchNorm2d(64), nn.ReLU(inplace=True))
@@ -62,11 +62,14 @@ class CochResNet50(nn.Module):
         self.layer2 = _stage(256, 128, 4, 2)
         self.layer3 = _stage(512, 256, 6, 2)
         self.layer4 = _stage(1024, 512, 3, 2)
-        self.heads = nn.ModuleDict({name: nn.Linear(2048, n) for name, n in self.head_sizes.items()})
+        # one head is heads["out"], the name single-task checkpoints were saved with
+        sizes = {"out": heads} if self.tasks is None else self.tasks
+        self.heads = nn.ModuleDict({task: nn.Linear(2048, n) for task, n in sizes.items()})
 
     def forward(self, waveform: torch.Tensor):
         x = self.maxpool(self.conv1(self.frontend(waveform)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         pooled = x.mean(dim=(2, 3))
-        outputs = {name: head(pooled) for name, head in self.heads.items()}
-        return outputs["out"] if list(outputs) == ["out"] else outputs
+        if self.tasks is None:
+            return self.heads["out"](pooled)
+        return {task: head(pooled) for task, head in self.heads.items()}

@@ -19,7 +19,8 @@ from topoaudio.sheet import KINDS as SHEET_KINDS
 from topoaudio.topoloss import SCHEDULE_KINDS
 
 TOPO_CHOICES = ("none", "spatial", "topoloss")
-DATASETS = ("procedural", "speech_commands", "esc50", "nsynth", "word_speaker_noise")
+DATASETS = ("procedural", "speech_commands", "esc50", "nsynth", "word_speaker_noise",
+            "speech_music_scenes")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -31,11 +32,16 @@ class TrainConfig:
     # model and data
     model: str = "cochcnn"
     dataset: str = "procedural"  # procedural | speech_commands | esc50 | nsynth | word_speaker_noise
+    #                              | speech_music_scenes (multi-task: word, speaker, instrument, category)
     data_root: str = ""
     noise_root: str = ""
     train_size: int = 4096  # procedural set size (other datasets: their own size)
     val_size: int = 384
     clip_seconds: float = 2.0
+    # multi-task datasets: the tasks to train ([] = every task the dataset labels) and the weight of
+    # each one's loss (same order as tasks; [] = 1 each). Single-task datasets take neither.
+    tasks: list[str] = field(default_factory=list)
+    task_weights: list[float] = field(default_factory=list)
     # optimisation
     steps: int = 800
     batch_size: int = 16  # global batch, split evenly across ranks
@@ -88,6 +94,11 @@ class TrainConfig:
                                  f"{list(taps)}")
             if len(set(self.topo_layers)) != len(self.topo_layers):
                 raise ValueError(f"topo_layers {self.topo_layers} names a layer twice")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks {self.tasks} names a task twice")
+        if self.task_weights and self.tasks and len(self.task_weights) != len(self.tasks):
+            raise ValueError(f"task_weights has {len(self.task_weights)} values for "
+                             f"{len(self.tasks)} tasks {self.tasks}")
         if self.layer_weights and len(self.layer_weights) != len(self.topo_layers):
             raise ValueError(f"layer_weights has {len(self.layer_weights)} values for "
                              f"{len(self.topo_layers)} topo_layers {self.topo_layers}")
@@ -132,6 +143,9 @@ RULES: dict[str, Rule] = {
     "train_size": Rule(int, at_least(1)),
     "val_size": Rule(int, at_least(1)),
     "clip_seconds": Rule(float, above(0)),
+    "tasks": Rule(list, all_items(lambda task: "" if task else "must not hold an empty name"), item=str),
+    # a task not worth training is left out of tasks, so a weight of 0 is refused as a likely slip
+    "task_weights": Rule(list, all_items(above(0)), item=float),
     "steps": Rule(int, at_least(1)),
     "batch_size": Rule(int, at_least(2)),  # correlations need 2 samples
     "optimizer": Rule(str, one_of("adamw", "sgd")),
@@ -164,6 +178,9 @@ RULES: dict[str, Rule] = {
     "device": Rule(str, one_of(*DEVICES)),
 }
 assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every setting needs a rule"
+# Settings added after checkpoints of this format were first written, with the value that means
+# "as before they existed": a checkpoint whose config lacks them resumes with these.
+ADDED_SETTINGS = {"tasks": [], "task_weights": []}
 
 
 def _typed(kind: type, value):

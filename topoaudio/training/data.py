@@ -7,13 +7,16 @@ from .config import DATASETS, TrainConfig
 
 
 def build_datasets(config: TrainConfig):
-    """(train, validation) datasets; each item is (waveform [T] float32 at 20 kHz, label)."""
+    """(train, validation) datasets; each item is (waveform [T] float32 at 20 kHz, label), the label
+    an int, or for multi-task datasets {task: int class, -1 where the task does not apply}."""
     from topoaudio import data
 
     seconds = config.clip_seconds
     if config.dataset == "procedural":
         return (data.ProceduralSounds(config.train_size, seed=config.seed, seconds=seconds),
                 data.ProceduralSounds(config.val_size, seed=config.seed + 7919, seconds=seconds))
+    if config.dataset == "speech_music_scenes":
+        return _speech_music_scenes(config)
     if not config.data_root:
         raise ValueError(f"dataset {config.dataset!r} reads files: pass --data_root DIR")
     if config.dataset == "speech_commands":
@@ -35,7 +38,28 @@ def build_datasets(config: TrainConfig):
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
 
 
-def collate(items) -> tuple[torch.Tensor, torch.Tensor]:
+def _speech_music_scenes(config: TrainConfig):
+    # imported here: the scenes need espeak and a SoundFont player, the other datasets do not
+    from topoaudio.data.scenes import SpeechMusicScenes
+
+    # the split (held-out speakers and renderings), not the seed, separates validation from training
+    return (SpeechMusicScenes(config.train_size, seed=config.seed, split="train",
+                              seconds=config.clip_seconds),
+            SpeechMusicScenes(config.val_size, seed=config.seed, split="validation",
+                              seconds=config.clip_seconds))
+
+
+def collate(items) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+    """(waveforms [B, T], labels [B]) or, for multi-task items, (waveforms, {task: labels [B]})."""
     waveforms = torch.stack([torch.as_tensor(waveform, dtype=torch.float32) for waveform, _ in items])
-    labels = torch.tensor([int(label) for _, label in items], dtype=torch.long)
-    return waveforms, labels
+    targets = [target for _, target in items]
+    if not isinstance(targets[0], dict):
+        return waveforms, torch.tensor([int(label) for label in targets], dtype=torch.long)
+    tasks = list(targets[0])
+    odd = next((target for target in targets
+                if not isinstance(target, dict) or set(target) != set(tasks)), None)
+    if odd is not None:
+        raise ValueError(f"a batch mixes targets {targets[0]!r} and {odd!r}: every item of a "
+                         "multi-task dataset must label the same tasks")
+    return waveforms, {task: torch.tensor([int(target[task]) for target in targets], dtype=torch.long)
+                       for task in tasks}

@@ -5,6 +5,7 @@ RNG state, as a run that never stopped. Rank 0 logs JSON lines and shows a progr
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -21,7 +22,7 @@ from topoaudio import checkpoint
 from topoaudio.models import build_model, tapped
 
 from . import run_dir
-from .config import TrainConfig
+from .config import ADDED_SETTINGS, TrainConfig
 from .data import build_datasets, collate
 from .divergence import (
     TrainingDiverged,
@@ -30,6 +31,7 @@ from .divergence import (
     first_non_finite_state,
     state_is_finite,
 )
+from .objective import Objective, accuracy, correct_and_labelled, labels_to
 from .topography import TopographicLosses
 
 
@@ -114,18 +116,27 @@ def _lr_lambda(config: TrainConfig):
 
 @torch.no_grad()
 def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32,
-                        progress: bool = False) -> float:
+                        progress: bool = False):
+    """Accuracy on `dataset`: a float for a one-head model; for a multi-task model {task: accuracy
+    over the clips that task labels, or None when it labels none}."""
     was_training = model.training
     model.eval()
-    correct = 0
+    correct: dict = {}
+    labelled: dict = {}
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="validation", unit="batch", leave=False, disable=not progress,
                       dynamic_ncols=True):
         waveforms, labels = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
         logits = model(waveforms.to(device))
-        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        if not isinstance(logits, dict):  # one head: every clip is labelled
+            logits, labels = {None: logits}, {None: labels}
+        batch_correct, batch_labelled = correct_and_labelled(logits, labels)
+        for task in batch_correct:
+            correct[task] = correct.get(task, 0) + batch_correct[task]
+            labelled[task] = labelled.get(task, 0) + batch_labelled[task]
     model.train(was_training)
-    return correct / len(dataset)
+    result = {task: correct[task] / labelled[task] if labelled[task] else None for task in correct}
+    return result[None] if list(result) == [None] else result
 
 
 def train(config: TrainConfig | None = None, resume: bool = False, *,
@@ -166,6 +177,8 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
         if not out:
             raise FileNotFoundError("--resume: no run with a checkpoint under runs/; pass --out DIR")
         state = checkpoint.load(ckpt_path)
+        if isinstance(state.get("config"), dict):  # a run saved before a setting existed resumes
+            state["config"] = {**copy.deepcopy(ADDED_SETTINGS), **state["config"]}
         checkpoint.check_training_state(state, ckpt_path, config_keys=TrainConfig().to_dict())
         config = run_dir.resumed_config(state["config"], requested, state["step"], out)
     else:
@@ -173,8 +186,11 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
         config.out = out
     rank, world, device = _setup_device(config)
     train_set, val_set = build_datasets(config)
+    objective = Objective.for_dataset(config, train_set)
+    if resume:
+        checkpoint.check_tasks(state, objective.tasks, ckpt_path)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, len(train_set.classes)).to(device)
+    model = build_model(config.model, **objective.model_heads()).to(device)
     topo = TopographicLosses(config, model, device, clip_samples=train_set[0][0].numel())
     optimizer = (torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if config.optimizer == "adamw" else
@@ -206,10 +222,10 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
         num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
     tic = time.perf_counter()
     for step, (waveforms, labels) in zip(range(start_step, config.steps), loader, strict=True):
-        waveforms, labels = waveforms.to(device), labels.to(device)
+        waveforms, labels = waveforms.to(device), labels_to(labels, device)
         with autocast, tapped(model, topo.layers) as features:
             logits = ddp_model(waveforms)
-            task_loss = nn.functional.cross_entropy(logits.float(), labels)
+            task_loss, task_terms = objective.loss(logits, labels)
         topo_total, topo_terms = topo(features, step)
         loss = task_loss + topo_total
         _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
@@ -222,24 +238,25 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
         scheduler.step()
         done = step + 1
         _check_state(model, optimizer, done, ckpt_path, world, device)
-        accuracy = float((logits.argmax(dim=1) == labels).float().mean())
+        batch_accuracy = accuracy(logits, labels)
         last = {"step": done, "loss": float(loss.detach()), "task_loss": float(task_loss.detach()),
-                "accuracy": accuracy,
+                "accuracy": batch_accuracy,
+                **_per_task_losses(task_terms, batch_accuracy),
                 "topo": {name: float(value) for name, value in topo_terms.items()},
                 "lr": scheduler.get_last_lr()[0],
                 "clips_per_s": config.batch_size / (time.perf_counter() - tic)}
         if rank == 0:
             progress.update(1)
-            progress.set_postfix(loss=f"{last['loss']:.3f}", batch_acc=f"{accuracy:.2f}")
+            progress.set_postfix(loss=f"{last['loss']:.3f}", batch_acc=_short(batch_accuracy))
             if done % config.log_every == 0 or done == config.steps:
                 _append_json(metrics_path, last)
             if done % config.eval_every == 0 or done == config.steps:
                 last["val_accuracy"] = validation_accuracy(model, val_set, device, progress=True)
-                last["chance"] = 1 / len(train_set.classes)
+                last["chance"] = objective.chance()
                 _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
                                             "chance": last["chance"]})
         if done % config.checkpoint_every == 0 or done == config.steps:
-            _save(config, model, optimizer, scheduler, topo, done, ckpt_path, rank, world)
+            _save(config, model, optimizer, scheduler, topo, objective, done, ckpt_path, rank, world)
         tic = time.perf_counter()  # throughput counts the step, not evaluation or checkpointing
     progress.close()
     _log_skipped_files(metrics_path, config.steps, {"train": train_set, "validation": val_set},
@@ -286,7 +303,24 @@ def _check_state(model, optimizer, step, ckpt_path, world, device) -> None:
     raise TrainingDiverged(f"non-finite weights after step {step}, {where}{_kept(ckpt_path)}")
 
 
-def _save(config, model, optimizer, scheduler, topo, step, ckpt_path, rank, world) -> None:
+def _per_task_losses(terms: dict, batch_accuracy) -> dict:
+    """{"task_losses": {task: loss}} for a multi-task batch ({} for one head); a task that labels no
+    clip of the batch logs None, like its accuracy, rather than the 0 it adds to the loss."""
+    if not terms:
+        return {}
+    return {"task_losses": {task: None if batch_accuracy[task] is None else float(term.detach())
+                            for task, term in terms.items()}}
+
+
+def _short(batch_accuracy) -> str:
+    if not isinstance(batch_accuracy, dict):
+        return f"{batch_accuracy:.2f}"
+    return " ".join(f"{task[:4]}={'-' if value is None else f'{value:.2f}'}"
+                    for task, value in batch_accuracy.items())
+
+
+def _save(config, model, optimizer, scheduler, topo, objective, step, ckpt_path, rank,
+          world) -> None:
     device = next(model.parameters()).device
     _check_state(model, optimizer, step, ckpt_path, world, device)  # never write a NaN state
     rng = checkpoint.rng_state()
@@ -303,7 +337,8 @@ def _save(config, model, optimizer, scheduler, topo, step, ckpt_path, rank, worl
                                     "config": config.to_dict(), "model": model.state_dict(),
                                     "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(),
-                                    "topography": topo.state_dict(), "rng": rng_states}, ckpt_path)
+                                    "topography": topo.state_dict(), "rng": rng_states,
+                                    "tasks": objective.tasks}, ckpt_path)
         except checkpoint.CheckpointWriteError as error:
             failure = error
     # all-reduced, so that every rank stops when rank 0 could not write (it also waits for the write)

@@ -103,6 +103,12 @@ def _step(line: str) -> float:
 def summary(out: str, final: dict, seconds: float) -> str:
     """The line a finished run ends with."""
     minutes, secs = divmod(round(seconds), 60)
-    accuracy = (f"validation accuracy {final['val_accuracy']:.3f} (chance {final['chance']:.3f})"
-                if "val_accuracy" in final else "no validation")
+    if "val_accuracy" not in final:
+        accuracy = "no validation"
+    elif isinstance(final["val_accuracy"], dict):  # multi-task: each task against its own chance
+        accuracy = "validation accuracy " + ", ".join(
+            f"{task} {'n/a (no labelled clip)' if value is None else f'{value:.3f}'} "
+            f"(chance {final['chance'][task]:.3f})" for task, value in final["val_accuracy"].items())
+    else:
+        accuracy = f"validation accuracy {final['val_accuracy']:.3f} (chance {final['chance']:.3f})"
     return f"run {out}: step {final.get('step')}, {accuracy}, wall time {minutes} min {secs} s"
