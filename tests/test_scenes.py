@@ -162,3 +162,23 @@ def test_missing_package_names_what_to_install(monkeypatch, package):
     text = str(error.value)
     assert "pip install espeakng-loader pretty-midi" in text
     assert "pip install --no-deps tinysoundfont" in text and "requirements.txt" in text
+
+
+def test_scene_demo_writes_wavs_labels_and_pictures(tmp_path):
+    import json
+
+    import soundfile
+
+    from topoaudio import demo
+
+    with open(demo.main(["--scene", "--out", str(tmp_path)])) as handle:
+        labels = json.load(handle)
+    assert labels["tasks"] == SpeechMusicScenes.TASKS and len(labels["clips"]) == 6
+    dataset = SpeechMusicScenes(6)
+    for index, clip in enumerate(labels["clips"]):
+        waveform, rate = soundfile.read(tmp_path / clip["wav"], dtype="float32")
+        assert rate == 20000
+        np.testing.assert_array_equal(waveform, dataset[index][0].numpy())
+        assert clip["target"] == dataset[index][1]
+        assert (tmp_path / clip["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "speech '" in labels["clips"][0]["description"]
