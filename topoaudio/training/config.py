@@ -62,9 +62,14 @@ class TrainConfig:
     alpha: float = 0.25  # spatial-loss weight per layer (TDANN)
     layer_weights: list[float] = field(default_factory=list)  # per-layer alpha or tau; [] = uniform
     spatial_kind: str = "relative"
-    neighbourhood: int = 0  # 0: whole sheet; k >= 2: TDANN-style random neighbourhood of k units
+    neighbourhood: int = 0  # 0: whole sheet; k >= 2: sampled neighbourhoods of (at most) k units
+    neighbourhood_kind: str = "tdann"  # tdann: TDANN's square windows | knearest: k nearest a unit
+    neighbourhood_width_mm: float = 4.0  # tdann: the window's side (a 4 x 4 mm window on 10 x 10 mm)
+    neighbourhoods_per_step: int = 1  # loss averaged over this many draws (TDANN's per batch)
     tau: float = 25.0  # TopoLoss weight per layer
-    phi: float = 2.0
+    phi: float = 2.0  # TopoLoss blur factor on both grid axes (TopoNets' factor_h = factor_w)
+    factor_h: float = 0.0  # TopoLoss blur factor along the grid's rows; 0: phi
+    factor_w: float = 0.0  # ... along its columns; 0: phi
     tau_schedule: str = "constant"  # constant | linear | cosine (warm-up over tau_warmup_steps)
     tau_warmup_steps: int = 0
     # bookkeeping
@@ -165,8 +170,13 @@ RULES: dict[str, Rule] = {
     "layer_weights": Rule(list, all_items(at_least(0)), item=float),
     "spatial_kind": Rule(str, one_of(*SPATIAL_KINDS)),
     "neighbourhood": Rule(int, zero_or_at_least(2)),  # a neighbourhood of 1 unit has no pairs
+    "neighbourhood_kind": Rule(str, one_of("tdann", "knearest")),
+    "neighbourhood_width_mm": Rule(float, above(0)),
+    "neighbourhoods_per_step": Rule(int, at_least(1)),
     "tau": Rule(float, at_least(0)),
-    "phi": Rule(float, above(0)),
+    "phi": Rule(float, at_least(1)),  # a factor below 1 upsamples: no blur
+    "factor_h": Rule(float, zero_or_at_least(1)),
+    "factor_w": Rule(float, zero_or_at_least(1)),
     "tau_schedule": Rule(str, one_of(*SCHEDULE_KINDS)),
     "tau_warmup_steps": Rule(int, at_least(0)),
     "out": Rule(str),
@@ -180,7 +190,10 @@ RULES: dict[str, Rule] = {
 assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every setting needs a rule"
 # Settings added after checkpoints of this format were first written, with the value that means
 # "as before they existed": a checkpoint whose config lacks them resumes with these.
-ADDED_SETTINGS = {"tasks": [], "task_weights": []}
+ADDED_SETTINGS = {"tasks": [], "task_weights": [], "factor_h": 0.0, "factor_w": 0.0,
+                  # runs saved before TDANN's windows existed sampled the k nearest units
+                  "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,
+                  "neighbourhoods_per_step": 1}
 
 
 def _typed(kind: type, value):

@@ -1,5 +1,18 @@
 """The topographic term of the objective: response-based spatial loss on cortical sheets, or the
-weight-based TopoLoss, per chosen layer."""
+weight-based TopoLoss, per chosen layer.
+
+The spatial loss runs on whole sheets, or, with ``neighbourhood`` > 0, on sampled neighbourhoods:
+``tdann`` is TDANN's sampling (Margalit et al. 2024; github.com/neuroailab/TDANN,
+``precompute_neighborhoods`` + ``collapse_and_trim_neighborhoods``, as its position script calls
+them): a square window of ``neighbourhood_width_mm`` whose centre is drawn uniformly from the
+positions' bounding box shrunk by half a width (so the window stays on the sheet), thinned at random
+to a common size: TDANN's int(5th percentile of window sizes), at least 25 and at most the
+``neighbourhood`` limit (TDANN: 500); windows with fewer units are skipped, as TDANN drops them.
+TDANN draws 20,000 windows once and picks one per step; here each step draws a fresh window from the
+same distribution. ``knearest``: the k units nearest a random unit (the earlier sampling of this
+project). Both average the loss over ``neighbourhoods_per_step`` independent draws, as TDANN's
+``neighborhoods_per_batch`` does.
+"""
 from __future__ import annotations
 
 import zlib
@@ -13,6 +26,74 @@ from topoaudio.sheet import CorticalSheet
 from topoaudio.topoloss import TopoLoss, tau_schedule
 
 from .config import TrainConfig
+
+NEIGHBOURHOOD_KINDS = ("tdann", "knearest")
+TDANN_MIN_UNITS = 25  # collapse_and_trim_neighborhoods' min_nb_size
+TDANN_SIZE_PERCENTILE = 5.0  # its keep_fraction 0.95
+TDANN_SIZE_WINDOWS = 20_000  # how many windows its position script draws
+MAX_REDRAWS = 10_000
+
+
+def _window_bounds(positions: torch.Tensor, width_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) [2] of the window centres: the bounding box shrunk by half a width per side."""
+    low = positions.min(dim=0).values.double() + width_mm / 2
+    high = positions.max(dim=0).values.double() - width_mm / 2
+    if bool((high < low).any()):
+        extent = (high - low + width_mm).tolist()
+        raise ValueError(f"neighbourhood_width_mm={width_mm} is wider than the sheet "
+                         f"({extent[0]:.3g} x {extent[1]:.3g} mm): no window fits on it")
+    return low, high
+
+
+def _window_centres(low, high, count: int, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, 2, generator=generator, dtype=torch.float64)
+
+
+def _in_windows(positions: torch.Tensor, centres: torch.Tensor, width_mm: float) -> torch.Tensor:
+    """[W, N] bool: unit n inside the closed square of side width_mm around centre w."""
+    offset = (positions.double()[None] - centres[:, None]).abs()
+    return (offset <= width_mm / 2).all(dim=-1)
+
+
+def tdann_neighbourhood_size(positions: torch.Tensor, width_mm: float, limit: int,
+                             generator: torch.Generator, windows: int = TDANN_SIZE_WINDOWS) -> int:
+    """TDANN's common neighbourhood size for a sheet: min(limit, max(25, int(5th percentile of the
+    unit counts of `windows` random windows))). ValueError when that leaves fewer than 2 units."""
+    low, high = _window_bounds(positions, width_mm)
+    counts = []
+    # chunks keep the [windows, N] mask small on large sheets
+    chunk = max(1, 2 ** 22 // max(1, len(positions)))
+    for start in range(0, windows, chunk):
+        centres = _window_centres(low, high, min(chunk, windows - start), generator)
+        counts.append(_in_windows(positions.cpu(), centres, width_mm).sum(dim=1))
+    counts = torch.cat(counts).double()
+    # numpy's / scipy's default percentile: linear between order statistics
+    size = min(limit, max(TDANN_MIN_UNITS, int(torch.quantile(counts, TDANN_SIZE_PERCENTILE / 100))))
+    if size > len(positions) or size > int(counts.max()):
+        raise ValueError(f"no {width_mm} mm window holds {size} units (largest: {int(counts.max())}); "
+                         "widen neighbourhood_width_mm")
+    return size
+
+
+def tdann_neighbourhood(positions: torch.Tensor, width_mm: float, size: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Indices [size] of one TDANN neighbourhood: a random window (centre off the edges) holding at
+    least `size` units, thinned to `size` of them at random without replacement."""
+    low, high = _window_bounds(positions, width_mm)
+    positions = positions.cpu()
+    for _ in range(MAX_REDRAWS):
+        inside = _in_windows(positions, _window_centres(low, high, 1, generator), width_mm)[0]
+        members = inside.nonzero().flatten()
+        if len(members) >= size:
+            return members[torch.randperm(len(members), generator=generator)[:size]]
+    raise ValueError(f"{MAX_REDRAWS} random {width_mm} mm windows all held fewer than {size} units")
+
+
+def nearest_neighbourhood(positions: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of the k units nearest a unit drawn at random (all units when there are fewer)."""
+    centre = positions[int(torch.randint(len(positions), (1,), generator=generator))]
+    k = min(k, len(positions))
+    return torch.topk((positions - centre).norm(dim=1), k, largest=False).indices
 
 
 def _output_weights(module: nn.Module) -> nn.Module:
@@ -33,6 +114,7 @@ class TopographicLosses:
         self.device = device
         self.sheets: dict[str, CorticalSheet] = {}
         self.topoloss = None
+        self.neighbourhood_sizes: dict[str, int] = {}
         if config.topo == "none":
             self.layers: list[str] = []
             return
@@ -45,11 +127,14 @@ class TopographicLosses:
         if config.topo == "spatial":
             self.sheets = sheets_for(config.to_dict(), model, clip_samples)
             self.layers = list(self.sheets)
+            self.neighbourhood_sizes = self._neighbourhood_sizes()
         else:
             weights = zip(self.layers, self._weights(), strict=True)
             taus = {layer: config.tau * weight for layer, weight in weights}
+            # factor 0 in the config: phi on that axis
             self.topoloss = TopoLoss({layer: _output_weights(names[layer]) for layer in self.layers},
-                                     tau=taus, phi=config.phi)
+                                     tau=taus, phi=config.phi, factor_h=config.factor_h or None,
+                                     factor_w=config.factor_w or None)
             self.layers = []  # TopoLoss reads weights, not activations
 
     def __call__(self, features: dict, step: int):
@@ -75,8 +160,10 @@ class TopographicLosses:
             responses = sheet.responses(features[layer])
             positions = sheet.positions.to(responses.device)
             if config.neighbourhood > 0:
-                responses, positions = self._neighbourhood(responses, positions, layer, step)
-            value = config.alpha * weight * spatial_loss(responses, positions, kind=config.spatial_kind)
+                value = config.alpha * weight * self._sampled_loss(responses, positions, layer, step)
+            else:
+                value = config.alpha * weight * spatial_loss(responses, positions,
+                                                             kind=config.spatial_kind)
             terms[layer] = value.detach()
             total = total + value
         return total, terms
@@ -84,15 +171,41 @@ class TopographicLosses:
     def _weights(self) -> list[float]:
         return list(self.config.layer_weights) or [1.0] * len(self.config.topo_layers)
 
-    def _neighbourhood(self, responses, positions, layer, step):
-        """TDANN's sampling: the k units nearest a random unit, drawn from (seed, step, layer)."""
+    def _generator(self, layer: str, step: int | None) -> torch.Generator:
+        """Draws are a function of (seed, step, layer), so a resumed run draws the same units."""
         # crc32, not hash(): str hashes are salted per process, which would break exact resume
         layer_code = zlib.crc32(layer.encode())
-        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 4099 + layer_code)
-        centre = positions[int(torch.randint(len(positions), (1,), generator=generator))]
-        k = min(self.config.neighbourhood, len(positions))
-        nearest = torch.topk((positions - centre).norm(dim=1), k, largest=False).indices
-        return responses[:, nearest], positions[nearest]
+        step_code = -1 if step is None else step  # the sheet's one-off draws (TDANN's size)
+        return torch.Generator().manual_seed(((self.config.seed * 1_000_003 + step_code) * 4099
+                                              + layer_code) % 2 ** 63)
+
+    def _neighbourhood_sizes(self) -> dict[str, int]:
+        config = self.config
+        if config.neighbourhood == 0 or config.neighbourhood_kind != "tdann":
+            return {}
+        sizes = {}
+        for layer, sheet in self.sheets.items():
+            try:
+                sizes[layer] = tdann_neighbourhood_size(sheet.positions, config.neighbourhood_width_mm,
+                                                        config.neighbourhood, self._generator(layer, None))
+            except ValueError as error:
+                raise ValueError(f"layer {layer!r} ({sheet.n_units} units): {error}") from None
+        return sizes
+
+    def _sampled_loss(self, responses, positions, layer, step) -> torch.Tensor:
+        """Mean spatial loss over neighbourhoods_per_step neighbourhoods of the configured kind."""
+        config = self.config
+        generator = self._generator(layer, step)
+        values = []
+        for _ in range(config.neighbourhoods_per_step):
+            if config.neighbourhood_kind == "tdann":
+                index = tdann_neighbourhood(positions, config.neighbourhood_width_mm,
+                                            self.neighbourhood_sizes[layer], generator)
+            else:
+                index = nearest_neighbourhood(positions.cpu(), config.neighbourhood, generator)
+            index = index.to(responses.device)
+            values.append(spatial_loss(responses[:, index], positions[index], kind=config.spatial_kind))
+        return torch.stack(values).mean() if len(values) > 1 else values[0]
 
     def state_dict(self) -> dict:
         return {layer: sheet.state_dict() for layer, sheet in self.sheets.items()}
