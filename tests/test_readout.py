@@ -187,3 +187,34 @@ def test_bad_input_is_one_line_before_any_feature(argv, message, checkpoint, tmp
 def test_a_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         readout.main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", "scenes"])
+
+
+def test_scenes_read_out_each_task_and_skip_one_without_test_labels(checkpoint, tmp_path):
+    result = readout.main(["--checkpoint", checkpoint, "--dataset", "scenes", "--scenes_train", "30",
+                           "--scenes_test", "12", "--out", str(tmp_path / "scenes.json")])
+    results = result["results"]
+    # the validation split speaks with held-out voices: no speaker classes to test
+    assert "skipped" in results["speaker"]
+    assert results["category"]["n_train"] == 30 and results["category"]["n_test"] == 12
+    assert results["word"]["n_train"] == 10  # every third scene is speech
+    assert 0 <= results["category"]["accuracy"] <= 1
+
+
+def test_scenes_are_skipped_cleanly_when_the_class_is_missing(checkpoint, monkeypatch, capsys):
+    import topoaudio.data
+
+    monkeypatch.delattr(topoaudio.data, "SpeechMusicScenes")
+    result = readout.main(["--checkpoint", checkpoint, "--dataset", "scenes"])
+    assert "cannot be imported" in result["skipped"] and "skipped" in capsys.readouterr().out
+
+
+def test_a_penalty_at_the_end_of_the_grid_is_flagged():
+    x, y = planted(120)
+    assert readout.readout(x[:80], y[:80], x[80:], y[80:], penalties=(1e5,))["penalty_at_grid_edge"]
+    # many noisy features and few items: cross-validation picks an inner penalty of a wide grid
+    generator = torch.Generator().manual_seed(4)
+    y = torch.arange(60) % 2
+    x = torch.randn(60, 40, generator=generator, dtype=torch.float64)
+    x[:, :3] += 1.5 * y[:, None]
+    inner = readout.readout(x[:45], y[:45], x[45:], y[45:], penalties=(1e-9, 1e-3, 10.0, 1e3, 1e12))
+    assert inner["penalty"] in (1e-3, 10.0, 1e3) and not inner["penalty_at_grid_edge"], inner["cv_accuracy"]

@@ -124,6 +124,8 @@ def readout(train_x, train_y, test_x, test_y, penalties=PENALTIES, groups=None, 
     return {"accuracy": float((predicted == test_y).double().mean()),
             "chance": float((test_y == commonest).double().mean()),
             "uniform_chance": 1 / len(classes), "penalty": penalty,
+            # an end of the grid may mean the best penalty lies beyond it (widen --penalties)
+            "penalty_at_grid_edge": penalty in (min(penalties), max(penalties)),
             "cv_accuracy": dict(zip(map(str, penalties), cv_scores, strict=True)),
             "n_train": len(train_y), "n_test": len(test_y), "n_classes": len(classes)}
 
