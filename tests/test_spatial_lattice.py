@@ -246,3 +246,20 @@ def test_small_lattice_forward_backward_host_cost_stays_flat():
     # ~65 calls more than the cpp kernel's one (213 measured); auto never takes the lattice at
     # this size (the cost model prefers the tiles)
     assert counts[0] <= HOST_COST_ATEN_CALLS + 75, counts
+
+
+def test_module_form_passes_the_option_and_keeps_one_positions_tensor(monkeypatch):
+    from topoaudio.sheet import channel_freq_sheet
+
+    sheet = channel_freq_sheet("s", 8, 6, size_mm=1.0)  # 48 units on a 0.05 mm lattice
+    calls = []
+    real_detect = spatial_lattice.detect
+    monkeypatch.setattr(spatial_lattice, "detect", lambda p: calls.append(1) or real_detect(p))
+    module = ops.SpatialLoss(sheet, lattice=True)
+    activations = torch.randn(5, 8, 6, 3, generator=torch.Generator().manual_seed(2))
+    values = [module(activations) for _ in range(3)]
+    assert ops.last_backend("spatial_loss") == "cpp+lattice" and len(calls) == 1
+    expected = ops.spatial_loss(sheet.responses(activations), sheet.positions, lattice=False)
+    assert values[-1].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="lattice must be None"):
+        ops.SpatialLoss(sheet, lattice="auto")

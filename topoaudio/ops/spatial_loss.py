@@ -370,10 +370,25 @@ class SpatialLoss(nn.Module):
         self.sheet, self.weight = sheet, finite_number("weight", weight)
         self.backend = backend_name(backend)
         self.lattice = _lattice_option(lattice)
+        self._device_positions = None  # (source tensor, its version, device copy)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         responses = (self.sheet.responses(activations) if hasattr(self.sheet, "responses")
                      else activations.flatten(1))
-        positions = torch.as_tensor(self.sheet.positions, device=responses.device)
+        positions = self._positions_on(responses.device)
         return self.weight * spatial_loss(responses, positions, kind=self.kind, radius=self.radius,
                                           eps=self.eps, backend=self.backend, lattice=self.lattice)
+
+    def _positions_on(self, device: torch.device) -> torch.Tensor:
+        """The sheet's positions on `device`, copied once while they do not change: a new copy
+        each step would be a new tensor to the per-sheet cache (lattice, constants) every step."""
+        source = self.sheet.positions
+        if not isinstance(source, torch.Tensor):
+            return torch.as_tensor(source, device=device)
+        cached = self._device_positions
+        if (cached is not None and cached[0] is source and cached[1] == source._version
+                and cached[2].device == torch.device(device)):
+            return cached[2]
+        copy = source.to(device)
+        self._device_positions = (source, source._version, copy)
+        return copy
