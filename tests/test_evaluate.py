@@ -145,8 +145,23 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, natsound165_dir,
 
     constant = [{"topo": topo, "layers": metrics["runs"][0]["layers"]} for topo in ("a", "a", "b", "b")]
     assert summarise(constant)["block2/music_patches"]["welch_t"] is None  # no spread: undefined
+    # controls side by side, dropped (silent) units per map, the primary family Holm-adjusted
+    run = metrics["runs"][0]
+    assert set(run["controls"]) == {"untrained", "shuffled_positions"}
+    for condition in (run, *run["controls"].values()):
+        assert len(condition["primary"]) == 3 * 3
+        assert all(test["p"] <= test["p_holm"] <= 1.0 for test in condition["primary"])
+        dropped = condition["layers"]["block2"]["dropped_units"]
+        assert set(dropped) == {"tonotopy", "tonotopy_within_band", "am_rate", "music_vs_speech"}
+        assert all(0 <= n <= 48 * 27 for n in dropped.values())
+    assert "component_r2" in run["controls"]["untrained"]["layers"]["block2"]
+    assert metrics["summary"]["block3/am_rate/morans_i"]["family"] == "primary"
+    assert metrics["summary"]["block3/tonotopy/smoothness"]["family"] == "exploratory"
+    parity = metrics["summary"]["block3/r2_speech"]["tost"]
+    assert parity["margin"] == 0.02 and (parity["p"] is None or 0.0 <= parity["p"] <= 1.0)
     report = (tmp_path / "report.md").read_text()
     assert "Welch" in report and "Holm p" in report and "run3/block4_music_vs_speech.png" in report
+    assert "Primary measures" in report and "shuffled_positions" in report and "TOST" in report
     for name in ("tonotopy", "am_rate", "music_vs_speech"):
         png = tmp_path / "run0" / f"block4_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -298,6 +313,7 @@ BAD_SETTINGS = {
     "negative shuffles": (["--shuffles", "-1"], "--shuffles: must be an integer >= 1"),
     "no shuffles": (["--shuffles", "0"], "--shuffles: must be an integer >= 1"),
     "fractional shuffles": (["--shuffles", "1.5"], "--shuffles: invalid"),
+    "no permutations": (["--permutations", "0"], "--permutations: must be an integer >= 1"),
     "unknown device": (["--device", "gpu0"], "device 'gpu0' is not usable here"),
     "absent device": (["--device", "cuda:99"], "device 'cuda:99' is not usable here"),
     "device without numbers": (["--device", "meta"], "device 'meta' is not usable here"),
@@ -317,6 +333,9 @@ def test_the_library_checks_its_settings_too(shuffles, tmp_path, no_checkpoint_l
     with pytest.raises(ValueError, match=expected):
         evaluation.evaluate_checkpoints([tmp_path / "model.pt"], tmp_path / "nowhere", tmp_path / "out",
                                         shuffles=shuffles)
+    with pytest.raises(ValueError, match=expected.replace("shuffles", "permutations", 1)):
+        evaluation.evaluate_checkpoints([tmp_path / "model.pt"], tmp_path / "nowhere", tmp_path / "out",
+                                        permutations=shuffles)
     with pytest.raises(ValueError, match="device 'tpu' is not usable here"):
         evaluation.evaluate_checkpoints([tmp_path / "model.pt"], tmp_path / "nowhere", tmp_path / "out",
                                         device="tpu")
@@ -371,7 +390,7 @@ def test_progress_is_shown_for_every_stage(checkpoints, synthetic_natsound165, t
     # command has its own bar, sized by what it goes through
     for stage, total in (("reading natsound165", 165), ("loading checkpoints", 1), ("checkpoints", 1),
                          ("tones", 3), ("AM noise", 1), ("natural sounds", 11), ("component R²", 3),
-                         ("map statistics", 9)):
+                         ("map statistics", 36), ("tones (untrained)", 3)):
         assert re.search(rf"{re.escape(stage)}: +\d+%\|[^|]*\| *\d+/{total} \[", err), stage
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["runs"][0]["layers"]) == ["block2", "block3", "block4"]

@@ -1,4 +1,4 @@
-"""Measure trained models: maps, smoothness, patches, brain predictivity, and a report.
+"""Measure trained models: maps, smoothness, patches, brain predictivity, controls, and a report.
 
     python -m topoaudio.evaluate --checkpoint CKPT [--checkpoint CKPT2 ...] --natsound165 DIR --out DIR
     topoaudio evaluate ...   (the same, as a console script)
@@ -39,11 +39,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--shuffles", type=positive_int, default=100,
                         help="shuffles for the smoothness null (at least 1)")
+    parser.add_argument("--permutations", type=positive_int, default=999,
+                        help="permutations for Moran's I, the primary statistic (at least 1; "
+                             "with n, the smallest p is 1 / (n + 1))")
     args = parser.parse_args(argv)
     from topoaudio.analysis.evaluation import evaluate_checkpoints
 
     try:
-        result = evaluate_checkpoints(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles)
+        result = evaluate_checkpoints(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles,
+                                      args.permutations)
     except (ValueError, OSError) as error:  # OSError: FileNotFoundError, permissions, a full disk
         sys.exit(f"{PROG}: {' '.join(str(error).split()) or type(error).__name__}")
     print(f"report: {result['report']}")

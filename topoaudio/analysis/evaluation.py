@@ -1,6 +1,9 @@
-"""Measure trained checkpoints: tonotopy, amplitude-modulation and music/speech maps on each tapped
-layer's sheet, their smoothness (with shuffle nulls), Moran's I and patches, NH2015 component
-predictivity and RSA; figures, a metrics JSON and a Markdown report (docs/SCIENCE.md 6-7)."""
+"""Measure trained checkpoints: tonotopy (plain and within iso-frequency bands), amplitude-modulation
+and music/speech maps on each tapped layer's sheet, their smoothness (with shuffle nulls and the
+signed nearest-bin z), Moran's I with its permutation p, patches, NH2015 component predictivity and
+RSA, each beside two controls (the untrained network, shuffled positions); the primary family
+Holm-adjusted, parity by equivalence tests; figures, a metrics JSON and a Markdown report
+(docs/SCIENCE.md 6-8)."""
 from __future__ import annotations
 
 import json
@@ -12,10 +15,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from topoaudio.analysis.controls import (
+    POSITION_SHUFFLE_SEED,
+    frequency_bands,
+    shuffled_positions,
+    untrained_twin,
+)
 from topoaudio.analysis.maps import plot_sheet_map, plot_smoothness_curve
 from topoaudio.analysis.stimuli import am_noise, log_spaced, pure_tones
-from topoaudio.analysis.topography import morans_i, patches, smoothness
+from topoaudio.analysis.topography import (
+    DEFAULT_N_PERMUTATIONS,
+    morans_i_test,
+    patches,
+    smoothness,
+    within_band,
+)
 from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
+from topoaudio.brain.stats import ACCURACY_MARGIN, R2_MARGIN, holm, tost
 from topoaudio.checkpoint import load_trained
 from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165, load_natsound165
 from topoaudio.models import tapped
@@ -39,10 +55,38 @@ def layer_responses(model, sheets: dict, waveforms: torch.Tensor, device="cpu", 
     return {layer: torch.cat(parts) for layer, parts in chunks.items()}
 
 
-def _map_statistics(values, positions, shuffles: int, seed: int) -> dict:
+# Map name -> (what it maps, colour bar label). Tonotopy within bands: see controls.frequency_bands.
+MAPS = {
+    "tonotopy": "log2 best frequency (Hz)",
+    "tonotopy_within_band": "log2 best frequency, row mean removed",
+    "am_rate": "log2 best AM rate (Hz)",
+    "music_vs_speech": "Welch t, music - speech",
+}
+# The primary family, named before the runs (docs/SCIENCE.md section 8): per layer, Moran's I of
+# these maps with its two-sided permutation p, Holm-adjusted over the family; the rest is exploratory.
+PRIMARY_MAPS = ("tonotopy_within_band", "am_rate", "music_vs_speech")
+PRIMARY_STATISTIC = "morans_i"
+CONDITIONS = ("trained", "untrained", "shuffled_positions")
+# Moran's I with k = 8 nearest neighbours, as every map on docs/RESULTS.md was measured.
+MORAN_NEIGHBOURS = 8
+# Scalars of a map's statistics kept in metrics.json.
+MAP_KEYS = ("smoothness", "null_mean", "null_interval", "p_value", "near_z", "near_p", "morans_i",
+            "morans_i_z", "morans_i_p", "n_units", "n_dropped")
+
+
+def _map_statistics(values, positions, shuffles: int, permutations: int,
+                    seed: int) -> tuple[dict, dict | None]:
+    """(scalars of MAP_KEYS, the full smoothness result for its figure, or None when fewer than 3
+    units have a value: every statistic is then NaN and the units are counted as dropped)."""
+    n_finite = int(torch.isfinite(values).sum())
+    if n_finite < 3:
+        nan = float("nan")
+        return ({key: nan for key in MAP_KEYS} | {"null_interval": [nan, nan], "n_units": n_finite,
+                                                   "n_dropped": values.numel() - n_finite}), None
     result = smoothness(values, positions, n_shuffles=shuffles, seed=seed)
-    result["morans_i"] = morans_i(values, positions, weights="knn", k=8)
-    return result
+    moran = morans_i_test(values, positions, k=MORAN_NEIGHBOURS, n_permutations=permutations, seed=seed)
+    result.update(morans_i=moran["morans_i"], morans_i_z=moran["z"], morans_i_p=moran["p"])
+    return {key: _scalar(result[key]) for key in MAP_KEYS}, result
 
 
 def _scalar(value):
@@ -57,78 +101,158 @@ def _scalar(value):
     return value
 
 
-def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
-                        source: str = "") -> dict:
-    """Every measurement for one loaded checkpoint (model, sheets, config: checkpoint.load_trained);
-    figures under out_dir; returns the metrics, labelled with `source` (the checkpoint's path)."""
-    from topoaudio.brain import predict_components, rsa
+def _responses(model, sheets: dict, natsound: NatSound165, device, label: str = "") -> dict:
+    """{"tones" | "am" | "natural": {layer: responses [n_stimuli, N]}} of one model."""
+    return {"tones": layer_responses(model, sheets, pure_tones(TONE_FREQS), device, desc=f"tones{label}"),
+            "am": layer_responses(model, sheets, am_noise(AM_RATES), device, desc=f"AM noise{label}"),
+            "natural": layer_responses(model, sheets, natsound.waveforms, device,
+                                       desc=f"natural sounds{label}")}
 
-    model, sheets, config = trained
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tones = layer_responses(model, sheets, pure_tones(TONE_FREQS), device, desc="tones")
-    am = layer_responses(model, sheets, am_noise(AM_RATES), device, desc="AM noise")
-    natural = layer_responses(model, sheets, natsound.waveforms, device, desc="natural sounds")
-    # one layer at a time, so that the cross-validated ridge (seconds per layer) shows progress
-    predictivity = {layer: predict_components(natural[layer], natsound.components)
-                    for layer in tqdm(sheets, desc="component R²", leave=False)}
-    metrics = {"checkpoint": source, "layers": {},
-               **{key: config[key] for key in ("model", "topo", "seed")}}
-    statistics = tqdm(total=len(sheets) * 3, desc="map statistics", leave=False)
+
+def _maps(responses: dict, layer: str, sheet, categories) -> dict:
+    """{map name: values [N]} of one layer; NaN marks a silent unit (tuning.silent_units)."""
+    tonotopy = torch.log2(best_frequency(responses["tones"][layer], TONE_FREQS))
+    bands = frequency_bands(sheet)
+    return {
+        "tonotopy": tonotopy,
+        # a channels sheet builds in no frequency axis: its map is measured as is
+        "tonotopy_within_band": tonotopy.double() if bands is None else within_band(tonotopy, bands),
+        "am_rate": torch.log2(best_rate(responses["am"][layer], AM_RATES)),
+        "music_vs_speech": selectivity(responses["natural"][layer], categories, set(MUSIC), set(SPEECH)),
+    }
+
+
+def _condition_layers(responses: dict, sheets: dict, natsound: NatSound165, shuffles: int,
+                      permutations: int, seed: int, progress, condition: str, figures=None,
+                      brain: dict | None = None) -> dict:
+    """{layer: metrics} of one condition; figures: (out_dir, title suffix) to draw the maps; brain:
+    {layer: component R^2 and RSA} (``_brain_scores``) to add to each layer's metrics."""
+    layers = {}
     for layer, sheet in sheets.items():
         positions = sheet.positions
-        maps = {
-            "tonotopy": (torch.log2(best_frequency(tones[layer], TONE_FREQS)), "log2 best frequency (Hz)"),
-            "am_rate": (torch.log2(best_rate(am[layer], AM_RATES)), "log2 best AM rate (Hz)"),
-            "music_vs_speech": (selectivity(natural[layer], natsound.categories, set(MUSIC), set(SPEECH)),
-                                "Welch t, music - speech"),
-        }
-        layer_metrics: dict = {"n_units": sheet.n_units}
-        for name, (values, label) in maps.items():
-            statistics.set_postfix_str(f"{layer} {name}")
-            stats = _map_statistics(values, positions, shuffles, config["seed"])
-            diverging = name == "music_vs_speech"
-            # a diverging map is centred on t = 0, so white means "no preference", not "mid-range"
-            limit = float(values[torch.isfinite(values)].abs().max()) if diverging else None
-            plot_sheet_map(values, positions, out / f"{layer}_{name}.png",
-                           f"{layer}: {name} ({config['topo']}, seed {config['seed']})",
-                           cmap="RdBu_r" if diverging else "viridis", label=label,
-                           vmin=-limit if diverging else None, vmax=limit)
-            plot_smoothness_curve(stats, out / f"{layer}_{name}_smoothness.png",
-                                  f"{layer}: {name} smoothness", value_label=label)
-            layer_metrics[name] = {key: _scalar(stats[key]) for key in stats
-                                   if key in ("smoothness", "null_mean", "null_interval", "p_value",
-                                              "morans_i")}
-            statistics.update()
-        t_map = maps["music_vs_speech"][0]
-        for kind, values in (("music", t_map), ("speech", -t_map)):
+        if condition == "shuffled_positions":
+            positions = shuffled_positions(positions)
+        maps = _maps(responses, layer, sheet, natsound.categories)
+        layer_metrics: dict = {"n_units": sheet.n_units,
+                               "within_band": "frequency rows" if sheet.kind == "channel_freq" else "none"}
+        for name, values in maps.items():
+            progress.set_postfix_str(f"{condition} {layer} {name}")
+            scalars, full = _map_statistics(values, positions, shuffles, permutations, seed)
+            layer_metrics[name] = scalars
+            if figures is not None and full is not None:
+                _draw(values, positions, full, name, layer, *figures)
+            progress.update()
+        layer_metrics["dropped_units"] = {name: layer_metrics[name]["n_dropped"] for name in maps}
+        for kind, values in (("music", maps["music_vs_speech"]), ("speech", -maps["music_vs_speech"])):
+            if int(torch.isfinite(values).sum()) == 0:
+                layer_metrics[f"{kind}_patches"] = {"count": 0, "areas_mm2": []}
+                continue
             found = patches(values, positions, threshold=2.0)
             layer_metrics[f"{kind}_patches"] = {"count": int(found["count"]),
                                                 "areas_mm2": _scalar(found["areas_mm2"])}
-        layer_metrics["component_r2"] = dict(zip(natsound.component_names,
-                                                 _scalar(predictivity[layer]["median_r2"]), strict=True))
-        layer_metrics["rsa_components"] = float(rsa(natural[layer], natsound.components))
-        metrics["layers"][layer] = layer_metrics
-    statistics.close()
+        if brain is not None:
+            layer_metrics.update(brain[layer])
+        layers[layer] = layer_metrics
+    return layers
+
+
+def _brain_scores(natural: dict, natsound: NatSound165, label: str = "") -> dict:
+    """{layer: {"component_r2": {component: median R^2}, "rsa_components": rho}} from the layers'
+    responses to the natural sounds."""
+    from topoaudio.brain import predict_components, rsa
+
+    scores = {}
+    # one layer at a time, so that the cross-validated ridge (seconds per layer) shows progress
+    for layer in tqdm(natural, desc=f"component R²{label}", leave=False):
+        r2 = predict_components(natural[layer], natsound.components)["median_r2"]
+        scores[layer] = {"component_r2": dict(zip(natsound.component_names, _scalar(r2), strict=True)),
+                         "rsa_components": float(rsa(natural[layer], natsound.components))}
+    return scores
+
+
+def _draw(values, positions, stats: dict, name: str, layer: str, out: pathlib.Path, title: str) -> None:
+    label = MAPS[name]
+    finite = values[torch.isfinite(values)]
+    diverging = name == "music_vs_speech"
+    # a diverging map is centred on t = 0, so white means "no preference", not "mid-range"
+    limit = float(finite.abs().max()) if diverging else None
+    plot_sheet_map(values, positions, out / f"{layer}_{name}.png", f"{layer}: {name} ({title})",
+                   cmap="RdBu_r" if diverging else "viridis", label=label,
+                   vmin=-limit if diverging else None, vmax=limit)
+    plot_smoothness_curve(stats, out / f"{layer}_{name}_smoothness.png", f"{layer}: {name} smoothness",
+                          value_label=label)
+
+
+def primary_tests(layers: dict) -> list[dict]:
+    """The primary family of one condition: per layer and PRIMARY_MAPS map, Moran's I, its z and
+    two-sided permutation p, and p Holm-adjusted over the family (docs/SCIENCE.md section 8)."""
+    tests = [{"layer": layer, "map": name, "morans_i": m[name]["morans_i"], "z": m[name]["morans_i_z"],
+              "p": m[name]["morans_i_p"]} for layer, m in layers.items() for name in PRIMARY_MAPS]
+    adjusted = holm([None if test["p"] != test["p"] else test["p"] for test in tests])
+    for test, p_holm in zip(tests, adjusted, strict=True):
+        test["p_holm"] = p_holm
+    return tests
+
+
+def final_val_accuracy(checkpoint_path) -> float | None:
+    """The last validation accuracy (a fraction) in the metrics.jsonl beside a checkpoint, or None
+    when the run wrote none (or a multi-task run wrote one per task: parity then needs a task)."""
+    path = pathlib.Path(checkpoint_path).with_name("metrics.jsonl") if checkpoint_path else None
+    if path is None or not path.is_file():
+        return None
+    accuracy = None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interrupted run
+        if isinstance(record, dict) and isinstance(record.get("val_accuracy"), (int, float)):
+            accuracy = float(record["val_accuracy"])
+    return accuracy
+
+
+def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
+                        source: str = "", permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
+    """Every measurement for one loaded checkpoint (model, sheets, config: checkpoint.load_trained)
+    and its two controls (controls.py): the untrained network on the same sheets, and the trained
+    responses on shuffled positions. Figures of the trained maps under out_dir; returns the metrics,
+    labelled with `source` (the checkpoint's path)."""
+    model, sheets, config = trained
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    responses = {"trained": _responses(model, sheets, natsound, device)}
+    responses["untrained"] = _responses(untrained_twin(config), sheets, natsound, device, " (untrained)")
+    responses["shuffled_positions"] = responses["trained"]
+    # positions do not enter the regression: the shuffled-positions control has the trained scores
+    brain = {"trained": _brain_scores(responses["trained"]["natural"], natsound),
+             "untrained": _brain_scores(responses["untrained"]["natural"], natsound, " (untrained)"),
+             "shuffled_positions": None}
+    metrics = {"checkpoint": source, **{key: config[key] for key in ("model", "topo", "seed")},
+               "sheet": config.get("sheet"), "val_accuracy": final_val_accuracy(source),
+               "position_shuffle_seed": POSITION_SHUFFLE_SEED, "moran_neighbours": MORAN_NEIGHBOURS,
+               "permutations": permutations, "primary_maps": list(PRIMARY_MAPS), "controls": {}}
+    progress = tqdm(total=len(CONDITIONS) * len(sheets) * len(MAPS), desc="map statistics", leave=False)
+    for condition in CONDITIONS:
+        figures = (out, f"{config['topo']}, seed {config['seed']}") if condition == "trained" else None
+        layers = _condition_layers(responses[condition], sheets, natsound, shuffles, permutations,
+                                   config["seed"], progress, condition, figures, brain[condition])
+        entry = {"layers": layers, "primary": primary_tests(layers)}
+        if condition == "trained":
+            metrics.update(entry)
+        else:
+            metrics["controls"][condition] = entry
+    progress.close()
     return metrics
 
 
-def holm(p_values: list) -> list:
-    """Holm's step-down adjustment of p values for testing them all at once (None stays None):
-    the k-th smallest of m is multiplied by m - k + 1, capped at 1, and kept non-decreasing."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted: list = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
 def summarise(runs: list[dict]) -> dict:
-    """Mean and spread per group (the topo setting) of every scalar, and Welch tests between two
-    groups: {measure: {group: {mean, sd, n}, "welch_t", "p", "p_holm"}}; p_holm adjusts p over
-    every measure tested (Holm), since one report makes dozens of tests."""
+    """Mean and spread per group (the topo setting) of every scalar of the trained models, and
+    between two groups a Welch test and, for accuracy and component R^2, an equivalence test:
+    {measure: {group: {mean, sd, n}, "welch_t", "p", "p_holm", "family", "tost"}}.
+
+    "family" is "primary" for Moran's I of the PRIMARY_MAPS maps and "exploratory" otherwise; p_holm
+    adjusts p within its family (Holm). "tost" (brain.stats.tost, first - second group) uses the
+    margins ACCURACY_MARGIN / R2_MARGIN: parity is claimed from it, never from a large Welch p."""
     from scipy import stats as scipy_stats
 
     groups: dict[str, list[dict]] = {}
@@ -137,12 +261,14 @@ def summarise(runs: list[dict]) -> dict:
     measures: dict[str, dict[str, list[float]]] = {}
     for group, members in groups.items():
         for run in members:
-            for key, value in _flatten(run["layers"]).items():
-                measures.setdefault(key, {}).setdefault(group, []).append(value)
+            for key, value in _flatten(run).items():
+                if value is not None and value == value:  # NaN (a silent map) has no mean to compare
+                    measures.setdefault(key, {}).setdefault(group, []).append(value)
     summary = {}
     for key, by_group in measures.items():
         entry = {g: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                      "n": len(v)} for g, v in by_group.items()}
+        entry["family"] = "primary" if _is_primary(key) else "exploratory"
         names = sorted(by_group)
         if len(names) == 2 and all(len(by_group[g]) >= 2 for g in names):
             entry["compared"] = names  # t = (first - second) / standard error
@@ -151,19 +277,41 @@ def summarise(runs: list[dict]) -> dict:
                 entry["welch_t"], entry["p"] = float(test.statistic), float(test.pvalue)
             else:  # no spread within either group: the t statistic is undefined, not 0
                 entry["welch_t"] = entry["p"] = None
+            margin = _parity_margin(key)
+            if margin is not None:
+                entry["tost"] = tost(by_group[names[0]], by_group[names[1]], margin)
         summary[key] = entry
-    tested = [key for key, entry in summary.items() if "compared" in entry]
-    for key, p_holm in zip(tested, holm([summary[key]["p"] for key in tested]), strict=True):
-        summary[key]["p_holm"] = p_holm
+    for family in ("primary", "exploratory"):
+        tested = [key for key, entry in summary.items() if "compared" in entry and entry["family"] == family]
+        for key, p_holm in zip(tested, holm([summary[key]["p"] for key in tested]), strict=True):
+            summary[key]["p_holm"] = p_holm
     return summary
 
 
-def _flatten(layers: dict) -> dict:
+def _is_primary(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 3 and parts[1] in PRIMARY_MAPS and parts[2] == PRIMARY_STATISTIC
+
+
+def _parity_margin(key: str) -> float | None:
+    if key == "val_accuracy":
+        return ACCURACY_MARGIN
+    if key.split("/")[-1].startswith("r2_"):
+        return R2_MARGIN
+    return None
+
+
+def _flatten(run: dict) -> dict:
     flat = {}
-    for layer, values in layers.items():
-        for name in ("tonotopy", "am_rate", "music_vs_speech"):
-            flat[f"{layer}/{name}/smoothness"] = values[name]["smoothness"]
-            flat[f"{layer}/{name}/morans_i"] = values[name]["morans_i"]
+    if run.get("val_accuracy") is not None:
+        flat["val_accuracy"] = run["val_accuracy"]
+    for layer, values in run["layers"].items():
+        for name in MAPS:
+            if name not in values:  # metrics written before the within-band map existed
+                continue
+            for statistic in ("smoothness", "morans_i", "near_z"):
+                if statistic in values[name]:
+                    flat[f"{layer}/{name}/{statistic}"] = values[name][statistic]
         for kind in ("music", "speech"):
             flat[f"{layer}/{kind}_patches"] = values[f"{kind}_patches"]["count"]
         for component, r2 in values["component_r2"].items():
@@ -171,50 +319,121 @@ def _flatten(layers: dict) -> dict:
     return flat
 
 
+def _number(x, spec: str) -> str:
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def _run_lines(index: int, run: dict) -> list[str]:
+    lines = [f"## {run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})", "",
+             "| layer | units | tonotopy smooth. (null 95 %) | AM smooth. | music/speech smooth. | "
+             "Moran's I (BF) | music / speech patches | median R² speech | median R² music |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for layer, m in run["layers"].items():
+        tono = m["tonotopy"]
+        null = tono.get("null_interval", [float("nan")] * 2)
+        r2 = m["component_r2"]
+        lines.append(f"| {layer} | {m['n_units']} | {_number(tono['smoothness'], '.3f')} "
+                     f"({_number(null[0], '.3f')}-{_number(null[1], '.3f')}) | "
+                     f"{_number(m['am_rate']['smoothness'], '.3f')} | "
+                     f"{_number(m['music_vs_speech']['smoothness'], '.3f')} | "
+                     f"{_number(tono['morans_i'], '.3f')} | "
+                     f"{m['music_patches']['count']} / {m['speech_patches']['count']} | "
+                     f"{_number(r2.get('speech'), '.3f')} | {_number(r2.get('music'), '.3f')} |")
+    controls = run.get("controls", {})
+    conditions = [("trained", run)] + [(name, controls[name]) for name in CONDITIONS[1:] if name in controls]
+    if "primary" in run:
+        lines += ["", f"**Primary measures** (Moran's I, k = {run.get('moran_neighbours', 8)} nearest "
+                  f"units; z and two-sided p against {run.get('permutations')} permutations; Holm over "
+                  "the family of each condition). Controls: the untrained network (same architecture, "
+                  "sheets and seed) and the trained responses on positions shuffled with seed "
+                  f"{run.get('position_shuffle_seed')}.", "",
+                  "| layer | map | " + " | ".join(f"{name}: I (z) p / Holm p" for name, _ in conditions)
+                  + " |",
+                  "|---|---|" + "---:|" * len(conditions)]
+        by_condition = [{(t["layer"], t["map"]): t for t in entry["primary"]} for _, entry in conditions]
+        for test in run["primary"]:
+            cells = []
+            for tests in by_condition:
+                t = tests[(test["layer"], test["map"])]
+                cells.append(f"{_number(t['morans_i'], '.3f')} ({_number(t['z'], '.1f')}) "
+                             f"{_number(t['p'], '.3g')} / {_number(t['p_holm'], '.3g')}")
+            lines.append(f"| {test['layer']} | {test['map']} | " + " | ".join(cells) + " |")
+        lines += ["", "*Exploratory*: smoothness (nearest-bin z, > 0: neighbours more alike than "
+                  "chance) per condition, and units dropped as silent (no value) per map.", "",
+                  "| layer | map | " + " | ".join(f"{name}: smooth. (near z)" for name, _ in conditions)
+                  + " | dropped units " + " / ".join(name for name, _ in conditions) + " |",
+                  "|---|---|" + "---:|" * (len(conditions) + 1)]
+        for layer in run["layers"]:
+            for name in MAPS:
+                cells = [f"{_number(entry['layers'][layer][name]['smoothness'], '.3f')} "
+                         f"({_number(entry['layers'][layer][name]['near_z'], '.1f')})"
+                         for _, entry in conditions]
+                dropped = " / ".join(str(entry["layers"][layer]["dropped_units"][name])
+                                     for _, entry in conditions)
+                lines.append(f"| {layer} | {name} | " + " | ".join(cells) + f" | {dropped} |")
+    lines.append("")
+    for layer in run["layers"]:
+        images = " ".join(f"![{layer} {name}](run{index}/{layer}_{name}.png)"
+                          for name in ("tonotopy", "am_rate", "music_vs_speech"))
+        lines += [images, ""]
+    return lines
+
+
 def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
-    """report.md: one table per checkpoint with its figures beside it, then the group comparison."""
+    """report.md: one section per checkpoint (trained and controls side by side, figures), then the
+    group comparison: primary family, equivalence tests, exploratory measures."""
     out = pathlib.Path(out_dir)
     lines = ["# topoaudio evaluation", "",
-             "Read the maps against each other, not against zero: on `channel_freq` sheets the frequency "
-             "rows of a conv map are laid along the sheet's y axis by construction, so some tonotopy "
-             "along y exists in every model, topographic or not. Smoothness is reported with the 95 % "
-             "interval of the same statistic after shuffling the map across units.", ""]
+             "Read the maps against their controls, not against zero: on `channel_freq` sheets the "
+             "frequency rows of a conv map are laid along the sheet's y axis by construction, so plain "
+             "tonotopy exists in every model, trained or not; `tonotopy_within_band` removes each row's "
+             "mean first. Smoothness is >= 0 by definition; Moran's I and the nearest-bin z are signed "
+             "(< 0: neighbours less alike than chance). Silent units (no response to the probes) have "
+             "no value and are left out of every statistic; their counts are listed.", ""]
     for index, run in enumerate(runs):
-        lines += [f"## {run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})", "",
-                  "| layer | units | tonotopy smooth. (null 95 %) | AM smooth. | music/speech smooth. | "
-                  "Moran's I (BF) | music / speech patches | median R² speech | median R² music |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for layer, m in run["layers"].items():
-            tono = m["tonotopy"]
-            null = tono.get("null_interval", [float("nan")] * 2)
-            r2 = m["component_r2"]
-            lines.append(f"| {layer} | {m['n_units']} | {tono['smoothness']:.3f} "
-                         f"({null[0]:.3f}-{null[1]:.3f}) | {m['am_rate']['smoothness']:.3f} | "
-                         f"{m['music_vs_speech']['smoothness']:.3f} | {tono['morans_i']:.3f} | "
-                         f"{m['music_patches']['count']} / {m['speech_patches']['count']} | "
-                         f"{r2.get('speech', float('nan')):.3f} | {r2.get('music', float('nan')):.3f} |")
-        lines.append("")
-        for layer in run["layers"]:
-            images = " ".join(f"![{layer} {name}](run{index}/{layer}_{name}.png)"
-                              for name in ("tonotopy", "am_rate", "music_vs_speech"))
-            lines += [images, ""]
+        lines += _run_lines(index, run)
     if len(runs) > 1:
-        lines += ["## Across checkpoints (mean ± sd; Welch t-test between two groups)", "",
-                  "t = (first group - second group) / standard error; n/a where neither group varies. "
-                  "Holm p adjusts p for every test in this table at once.", "",
-                  "| measure | groups | t | p | Holm p |", "|---|---|---:|---:|---:|"]
-
-        def number(x, spec):
-            return "n/a" if x is None else format(x, spec)
-
-        for key, entry in summary.items():
-            groups = "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
-                               for g, v in entry.items() if isinstance(v, dict))
-            lines.append(f"| {key} | {groups} | {number(entry.get('welch_t'), '.2f')} | "
-                         f"{number(entry.get('p'), '.3g')} | {number(entry.get('p_holm'), '.3g')} |")
+        lines += _summary_lines(summary)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _summary_lines(summary: dict) -> list[str]:
+    def groups_of(entry):
+        return "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
+                         for g, v in entry.items() if isinstance(v, dict) and "mean" in v)
+
+    lines = []
+    for family, title in (("primary", "Primary family (Moran's I of the primary maps)"),
+                          ("exploratory", "Exploratory measures")):
+        lines += [f"## Across checkpoints: {title} (mean ± sd; Welch t-test between two groups)", "",
+                  "t = (first group - second group) / standard error; n/a where neither group varies. "
+                  f"Holm p adjusts p over the {family} family only.", "",
+                  "| measure | groups | t | p | Holm p |", "|---|---|---:|---:|---:|"]
+        for key, entry in summary.items():
+            if entry.get("family", "exploratory") != family:
+                continue
+            lines.append(f"| {key} | {groups_of(entry)} | {_number(entry.get('welch_t'), '.2f')} | "
+                         f"{_number(entry.get('p'), '.3g')} | {_number(entry.get('p_holm'), '.3g')} |")
+        lines.append("")
+    equivalence = [(key, entry) for key, entry in summary.items() if "tost" in entry]
+    if equivalence:
+        lines += ["## Parity: equivalence tests (TOST, Welch)", "",
+                  "Equivalent means: the 90 % interval of the difference (first - second group) lies "
+                  "inside ± margin (TOST p < 0.05); a non-significant Welch test is not evidence of "
+                  "parity. n/a: neither group varies, so no test is possible.", "",
+                  "| measure | groups | difference | 90 % interval | margin | TOST p | equivalent |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for key, entry in equivalence:
+            test = entry["tost"]
+            interval = ("n/a" if test["interval"] is None
+                        else f"{test['interval'][0]:.3f} to {test['interval'][1]:.3f}")
+            verdict = {True: "yes", False: "no", None: "n/a"}[test["equivalent"]]
+            lines.append(f"| {key} | {groups_of(entry)} | {test['difference']:.3f} | {interval} | "
+                         f"{test['margin']:.3f} | {_number(test['p'], '.3g')} | {verdict} |")
+        lines.append("")
+    return lines
 
 
 def usable_device(device) -> torch.device:
@@ -230,14 +449,14 @@ def usable_device(device) -> torch.device:
     return resolved
 
 
-def count_of_shuffles(shuffles) -> int:
-    """The smoothness null's shuffle count: an integer >= 1 (smoothness() needs one to draw a null)."""
+def count_of_shuffles(shuffles, name: str = "shuffles") -> int:
+    """A null's shuffle (or permutation) count: an integer >= 1 (a null needs one draw at least)."""
     try:
         count = operator.index(shuffles)  # ints (NumPy's too), not floats or strings
     except TypeError:
         count = 0
     if count < 1 or isinstance(shuffles, bool):
-        raise ValueError(f"shuffles must be an integer >= 1, got {shuffles!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {shuffles!r}")
     return count
 
 
@@ -257,13 +476,15 @@ def writable_directory(out_dir) -> pathlib.Path:
     return out
 
 
-def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100) -> dict:
+def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100,
+                         permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
     """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md.
 
     Everything that can be wrong with the inputs is found before the first measurement, in order
     of cost: the settings, the output directory, every natsound165 file, then every checkpoint
     (all loaded first). Errors are ValueError / FileNotFoundError naming the setting or file."""
     shuffles = count_of_shuffles(shuffles)
+    permutations = count_of_shuffles(permutations, "permutations")
     device = usable_device(device)
     paths = [pathlib.Path(p) for p in checkpoints]
     if not paths:
@@ -274,7 +495,8 @@ def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu",
     out = writable_directory(out_dir)
     natsound = load_natsound165(natsound_dir)
     trained = [load_trained(path) for path in tqdm(paths, desc="loading checkpoints", leave=False)]
-    runs = [evaluate_checkpoint(model, natsound, out / f"run{index}", device, shuffles, str(path))
+    runs = [evaluate_checkpoint(model, natsound, out / f"run{index}", device, shuffles, str(path),
+                                permutations)
             for index, (path, model) in enumerate(tqdm(list(zip(paths, trained, strict=True)),
                                                        desc="checkpoints"))]
     summary = summarise(runs)
