@@ -243,8 +243,8 @@ def test_small_lattice_forward_backward_host_cost_stays_flat():
     counts = [count_aten_calls(step) for _ in range(2)]
     assert counts[0] == counts[1]
     # scatter, four pruned FFTs (each with its padding, views and copies), the product, gather:
-    # ~65 calls more than the cpp kernel's one (213 measured); auto never takes the lattice at
-    # this size (the cost model prefers the tiles)
+    # 68 calls more than the cpp kernel's one (214 measured, 146 tiled); auto never takes the
+    # lattice at this size (the cost model prefers the tiles)
     assert counts[0] <= HOST_COST_ATEN_CALLS + 75, counts
 
 

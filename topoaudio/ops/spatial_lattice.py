@@ -21,7 +21,7 @@ import torch
 from .spatial_common import SHEET_CACHE
 
 # The padded FFT grid L0 x L1 may hold at most this many sites (a 4096 x 4096 grid): its kernel
-# spectrum is cached per sheet (32 MB in float32) and each batch column's spectrum is as large.
+# spectrum is cached per sheet (64 MB in float32) and each batch column's spectra are as large.
 # Beyond it the tiles run (their memory does not grow with the sheet's extent).
 MAX_PADDED_SITES = 1 << 24
 # Batch columns are transformed in chunks whose complex spectra stay under this many bytes.
