@@ -14,10 +14,11 @@ from torch.nn import functional
 from topoaudio import checkpoint
 from topoaudio.data import CLASSES
 from topoaudio.models import CochCNN, CochResNet50, build_model, tapped
-from topoaudio.training import TrainConfig, loop, main, train
-from topoaudio.training.data import collate
+from topoaudio.training import TrainConfig, loop, main, parse_args, train
+from topoaudio.training.data import build_datasets, collate
 from topoaudio.training.objective import Objective, accuracy
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 20000
 # Half-second clips and a small set: every run here takes seconds on two cores.
 TINY = dict(clip_seconds=0.5, train_size=48, val_size=12, batch_size=6, warmup_steps=2, topo="none",
@@ -288,12 +289,59 @@ def test_single_task_checkpoints_from_before_multi_task_still_load_and_resume(tm
 
 # --- the real scenes ---------------------------------------------------------------------------------
 
-def test_a_smoke_run_on_speech_music_scenes(tmp_path):
+def test_scene_settings_are_refused_on_other_datasets():
+    with pytest.raises(ValueError, match="scene_words, scene_instrument set the speech_music_scenes "
+                                         "dataset, not 'procedural'"):
+        build_datasets(TrainConfig(scene_words=40, scene_instrument="family"))
+    with pytest.raises(ValueError, match="scene_instrument must be one of"):
+        TrainConfig(scene_instrument="timbre")
+
+
+def test_missing_scene_packages_are_one_line_before_any_work(tmp_path, monkeypatch):
+    scenes = pytest.importorskip("topoaudio.data.scenes", reason="the scenes module is not there")
+
+    def missing():
+        raise ImportError("SpeechMusicScenes cannot synthesise sounds (espeak-ng): pip install X")
+    monkeypatch.setattr(scenes, "check_packages", missing)
+    config = tiny(tmp_path, dataset="speech_music_scenes")
+    with pytest.raises(ValueError, match=r"^dataset speech_music_scenes: .*pip install X$"):
+        train(config)
+    assert not os.path.exists(config.out)
+
+
+def _real_scenes_or_skip():
     try:
         from topoaudio.data.scenes import SpeechMusicScenes
         SpeechMusicScenes(1, seconds=0.5)[0]
     except ImportError as error:  # the module, espeak or the SoundFont player is missing
         pytest.skip(f"speech_music_scenes cannot be made here: {error}")
+
+
+def test_the_scene_settings_reach_the_dataset():
+    _real_scenes_or_skip()
+    train_set, val_set = build_datasets(TrainConfig(dataset="speech_music_scenes", train_size=3,
+                                                    val_size=2, scene_words=40, scene_voices=10,
+                                                    scene_instrument="family", clip_seconds=0.5))
+    assert (len(train_set), len(val_set)) == (3, 2)
+    assert (train_set.split, val_set.split) == ("train", "validation")
+    assert train_set.tasks == val_set.tasks
+    assert (train_set.tasks["word"], train_set.tasks["speaker"], train_set.tasks["instrument"]) == (
+        40, 10, 16)
+    assert train_set.samples == 10000
+
+@pytest.mark.parametrize("preset", ["cochresnet50_spatial_scenes.json", "cochresnet50_topoloss_scenes.json"])
+def test_the_paper_scale_presets_build_their_scenes(preset):
+    """The dataset checks what the settings' rules cannot (e.g. scene_words <= its word list)."""
+    _real_scenes_or_skip()
+    config, _ = parse_args(["--config", os.path.join(REPO, "configs", preset)])
+    train_set, _ = build_datasets(config)
+    objective = Objective.for_dataset(config, train_set)
+    assert set(objective.tasks) == {"word", "speaker", "instrument", "category"}
+    assert objective.tasks["word"] >= 200  # the issue's "at least 200 common English words"
+
+
+def test_a_smoke_run_on_speech_music_scenes(tmp_path):
+    _real_scenes_or_skip()
     config = tiny(tmp_path, steps=2, eval_every=2, dataset="speech_music_scenes", train_size=12,
                   val_size=6)
     final = train(config)

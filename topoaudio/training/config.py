@@ -42,6 +42,9 @@ class TrainConfig:
     # each one's loss (same order as tasks; [] = 1 each). Single-task datasets take neither.
     tasks: list[str] = field(default_factory=list)
     task_weights: list[float] = field(default_factory=list)
+    scene_words: int = 50  # speech_music_scenes: word classes, the first N of its word list
+    scene_voices: int = 0  # speech_music_scenes: training voices (speaker classes); 0: all of them
+    scene_instrument: str = "program"  # speech_music_scenes: program (121 classes) | family (16)
     # optimisation
     steps: int = 800
     batch_size: int = 16  # global batch, split evenly across ranks
@@ -151,6 +154,10 @@ RULES: dict[str, Rule] = {
     "tasks": Rule(list, all_items(lambda task: "" if task else "must not hold an empty name"), item=str),
     # a task not worth training is left out of tasks, so a weight of 0 is refused as a likely slip
     "task_weights": Rule(list, all_items(above(0)), item=float),
+    # the upper bounds (the word list's and the voice list's lengths) are the dataset's to check
+    "scene_words": Rule(int, at_least(2)),
+    "scene_voices": Rule(int, zero_or_at_least(2)),
+    "scene_instrument": Rule(str, one_of("program", "family")),
     "steps": Rule(int, at_least(1)),
     "batch_size": Rule(int, at_least(2)),  # correlations need 2 samples
     "optimizer": Rule(str, one_of("adamw", "sgd")),
@@ -190,7 +197,8 @@ RULES: dict[str, Rule] = {
 assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every setting needs a rule"
 # Settings added after checkpoints of this format were first written, with the value that means
 # "as before they existed": a checkpoint whose config lacks them resumes with these.
-ADDED_SETTINGS = {"tasks": [], "task_weights": [], "factor_h": 0.0, "factor_w": 0.0,
+ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voices": 0,
+                  "scene_instrument": "program", "factor_h": 0.0, "factor_w": 0.0,
                   # runs saved before TDANN's windows existed sampled the k nearest units
                   "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,
                   "neighbourhoods_per_step": 1}

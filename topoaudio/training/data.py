@@ -5,6 +5,8 @@ import torch
 
 from .config import DATASETS, TrainConfig
 
+SCENE_SETTINGS = ("scene_words", "scene_voices", "scene_instrument")
+
 
 def build_datasets(config: TrainConfig):
     """(train, validation) datasets; each item is (waveform [T] float32 at 20 kHz, label), the label
@@ -12,11 +14,15 @@ def build_datasets(config: TrainConfig):
     from topoaudio import data
 
     seconds = config.clip_seconds
+    if config.dataset == "speech_music_scenes":
+        return _speech_music_scenes(config)
+    changed = [name for name in SCENE_SETTINGS if getattr(config, name) != getattr(TrainConfig, name)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} set the speech_music_scenes dataset, not "
+                         f"{config.dataset!r}: leave them at their defaults")
     if config.dataset == "procedural":
         return (data.ProceduralSounds(config.train_size, seed=config.seed, seconds=seconds),
                 data.ProceduralSounds(config.val_size, seed=config.seed + 7919, seconds=seconds))
-    if config.dataset == "speech_music_scenes":
-        return _speech_music_scenes(config)
     if not config.data_root:
         raise ValueError(f"dataset {config.dataset!r} reads files: pass --data_root DIR")
     if config.dataset == "speech_commands":
@@ -42,11 +48,15 @@ def _speech_music_scenes(config: TrainConfig):
     # imported here: the scenes need espeak and a SoundFont player, the other datasets do not
     from topoaudio.data.scenes import SpeechMusicScenes
 
-    # the split (held-out speakers and renderings), not the seed, separates validation from training
-    return (SpeechMusicScenes(config.train_size, seed=config.seed, split="train",
-                              seconds=config.clip_seconds),
-            SpeechMusicScenes(config.val_size, seed=config.seed, split="validation",
-                              seconds=config.clip_seconds))
+    options = dict(seconds=config.clip_seconds, words=config.scene_words,
+                   voices=config.scene_voices or None, instrument=config.scene_instrument)
+    try:
+        # the split (held-out speakers and renderings), not the seed, separates validation from
+        # training
+        return (SpeechMusicScenes(config.train_size, seed=config.seed, split="train", **options),
+                SpeechMusicScenes(config.val_size, seed=config.seed, split="validation", **options))
+    except ImportError as error:  # a setting this machine cannot run: one line, like device=cuda
+        raise ValueError(f"dataset speech_music_scenes: {error}") from None
 
 
 def collate(items) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
