@@ -51,8 +51,10 @@ def _window_centres(low, high, count: int, generator: torch.Generator) -> torch.
 
 def _in_windows(positions: torch.Tensor, centres: torch.Tensor, width_mm: float) -> torch.Tensor:
     """[W, N] bool: unit n inside the closed square of side width_mm around centre w."""
-    offset = (positions.double()[None] - centres[:, None]).abs()
-    return (offset <= width_mm / 2).all(dim=-1)
+    points = positions.double()
+    # one axis at a time: two [W, N] passes instead of a [W, N, 2] offset tensor
+    inside = (points[:, 0][None] - centres[:, :1]).abs_() <= width_mm / 2
+    return inside.logical_and_((points[:, 1][None] - centres[:, 1:]).abs_() <= width_mm / 2)
 
 
 def tdann_neighbourhood_size(positions: torch.Tensor, width_mm: float, limit: int,
