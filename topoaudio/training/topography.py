@@ -61,13 +61,14 @@ def tdann_neighbourhood_size(positions: torch.Tensor, width_mm: float, limit: in
                              generator: torch.Generator, windows: int = TDANN_SIZE_WINDOWS) -> int:
     """TDANN's common neighbourhood size for a sheet: min(limit, max(25, int(5th percentile of the
     unit counts of `windows` random windows))). ValueError when that leaves fewer than 2 units."""
+    positions = positions.detach().cpu()  # draws come from a CPU generator on any device
     low, high = _window_bounds(positions, width_mm)
     counts = []
     # chunks keep the [windows, N] mask small on large sheets
     chunk = max(1, 2 ** 22 // max(1, len(positions)))
     for start in range(0, windows, chunk):
         centres = _window_centres(low, high, min(chunk, windows - start), generator)
-        counts.append(_in_windows(positions.cpu(), centres, width_mm).sum(dim=1))
+        counts.append(_in_windows(positions, centres, width_mm).sum(dim=1))
     counts = torch.cat(counts).double()
     # numpy's / scipy's default percentile: linear between order statistics
     size = min(limit, max(TDANN_MIN_UNITS, int(torch.quantile(counts, TDANN_SIZE_PERCENTILE / 100))))
@@ -81,8 +82,8 @@ def tdann_neighbourhood(positions: torch.Tensor, width_mm: float, size: int,
                         generator: torch.Generator) -> torch.Tensor:
     """Indices [size] of one TDANN neighbourhood: a random window (centre off the edges) holding at
     least `size` units, thinned to `size` of them at random without replacement."""
+    positions = positions.detach().cpu()  # draws come from a CPU generator on any device
     low, high = _window_bounds(positions, width_mm)
-    positions = positions.cpu()
     for _ in range(MAX_REDRAWS):
         inside = _in_windows(positions, _window_centres(low, high, 1, generator), width_mm)[0]
         members = inside.nonzero().flatten()
@@ -198,13 +199,15 @@ class TopographicLosses:
         """Mean spatial loss over neighbourhoods_per_step neighbourhoods of the configured kind."""
         config = self.config
         generator = self._generator(layer, step)
+        # draws read the sheet's own (CPU) positions: no device-to-host copy per step
+        sheet_positions = self.sheets[layer].positions
         values = []
         for _ in range(config.neighbourhoods_per_step):
             if config.neighbourhood_kind == "tdann":
-                index = tdann_neighbourhood(positions, config.neighbourhood_width_mm,
+                index = tdann_neighbourhood(sheet_positions, config.neighbourhood_width_mm,
                                             self.neighbourhood_sizes[layer], generator)
             else:
-                index = nearest_neighbourhood(positions.cpu(), config.neighbourhood, generator)
+                index = nearest_neighbourhood(sheet_positions.cpu(), config.neighbourhood, generator)
             index = index.to(responses.device)
             values.append(spatial_loss(responses[:, index], positions[index], kind=config.spatial_kind))
         return torch.stack(values).mean() if len(values) > 1 else values[0]
