@@ -6,10 +6,11 @@ Item i is a pure function of (seed, split, i): every random choice comes from
 `numpy.random.default_rng([seed, split code, i])` and the synthesisers are deterministic (speech.py,
 music.py), so items do not depend on access order, DataLoader workers or earlier calls.
 
-Speed: items are synthesised when asked for, in the DataLoader worker, with no cache. Measured on one
-core of a shared machine: ~14 ms per clip on average (a word ~5 ms with espeak-ng's reload, a music
-clip ~2 ms, a procedural texture a few ms, mixing and filtering ~1 ms), so a batch of 16 takes
-~0.25 s, well under the ~1 s a cochcnn training step takes on 2 cores; a cache would only cost memory.
+Speed: items are synthesised when asked for, in the DataLoader worker, with no cache. Measured with
+one DataLoader worker on a shared 2-core machine: a batch of 16 in 0.05 s (quiet) to 0.25 s (load 6);
+per clip ~5 ms for speech (a word ~3.5 ms with espeak-ng's reload), ~2 ms for music or a texture.
+That is well under the ~1 s a cochcnn training step takes on 2 cores, so a cache would only cost
+memory (and 50 words x 164 voices x per-clip pitch and rate would rarely hit it).
 """
 from __future__ import annotations
 
