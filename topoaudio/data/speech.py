@@ -10,7 +10,8 @@ Determinism. espeak-ng keeps synthesis state in C statics that its API never res
 flutter index, the automatic gain, the echo buffer, the glottal phase), so the same word in the same
 voice comes out different after other words. `speak` therefore unloads the library (dlclose) and
 loads it afresh before every word and seeds espeak-ng's noise generator: each rendering is then a pure
-function of its arguments. A reload plus synthesis costs ~3.5 ms per word on one core (measured), so
+function of its arguments (unless another package in the process holds libespeak-ng open too: then
+dlclose cannot unload it). A reload plus synthesis costs ~3.5 ms per word on one core (measured), so
 no cache is needed. espeak-ng is not thread-safe: one process-wide lock serialises it; DataLoader
 workers are separate processes, each with its own copy of the library.
 """
