@@ -263,3 +263,14 @@ def test_module_form_passes_the_option_and_keeps_one_positions_tensor(monkeypatc
     assert values[-1].item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="lattice must be None"):
         ops.SpatialLoss(sheet, lattice="auto")
+
+
+def test_repeated_lattice_calls_are_bitwise_identical():
+    features, positions, _ = lattice_inputs(3000, 16, extent=(20, 20))  # ~7 units per site
+    results = []
+    for _ in range(2):
+        x = features.clone().requires_grad_(True)
+        loss = ops.spatial_loss(x, positions, lattice=True)
+        loss.backward()
+        results.append((loss.item(), x.grad))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])

@@ -128,7 +128,7 @@ class Lattice:
             raise ValueError(f"z has {n_units} units but the lattice {self.n_units}")
         g0, g1 = self.shape
         spectrum = self.spectrum(z.dtype, z.device)
-        grid = z.new_zeros(g0 * g1, batch).index_add_(0, self.site, z)  # units sharing a site add
+        grid = _scatter_sum(z, self.site, g0 * g1)
         grid_by_column = grid.t()  # [B, G0 G1] view
         chunk = max(1, CHUNK_BYTES // (self.padded_sites * 2 * z.element_size()))
         if chunk >= batch:  # the usual case: one transform of every column, no buffer
@@ -143,6 +143,16 @@ class Lattice:
         wz = out.t().index_select(0, self.site)  # [N, B], row-major
         w_rows, w2_rows = self.row_sums(z.dtype, z.device)
         return wz, w_rows, w2_rows
+
+
+def _scatter_sum(z: torch.Tensor, site: torch.Tensor, n_sites: int) -> torch.Tensor:
+    """[n_sites, B]: the rows of z [N, B] summed per site, in a fixed order on every device, so
+    results repeat bitwise. On the CPU index_add_ adds each column's units serially in unit order;
+    on a GPU it would use atomics, and index_put_ with accumulate sorts the indices first."""
+    grid = z.new_zeros(n_sites, z.shape[1])
+    if z.device.type == "cpu":
+        return grid.index_add_(0, site, z)
+    return grid.index_put_((site,), z, accumulate=True)
 
 
 def _real_spectrum(kernel: torch.Tensor) -> torch.Tensor:
