@@ -188,6 +188,7 @@ def primary_tests(layers: dict) -> list[dict]:
     two-sided permutation p, and p Holm-adjusted over the family (docs/SCIENCE.md section 8)."""
     tests = [{"layer": layer, "map": name, "morans_i": m[name]["morans_i"], "z": m[name]["morans_i_z"],
               "p": m[name]["morans_i_p"]} for layer, m in layers.items() for name in PRIMARY_MAPS]
+    # a constant (or all-silent) map has no test to make: NaN p, left out of the family's count
     adjusted = holm([None if test["p"] != test["p"] else test["p"] for test in tests])
     for test, p_holm in zip(tests, adjusted, strict=True):
         test["p_holm"] = p_holm
@@ -430,7 +431,9 @@ def _summary_lines(summary: dict) -> list[str]:
             interval = ("n/a" if test["interval"] is None
                         else f"{test['interval'][0]:.3f} to {test['interval'][1]:.3f}")
             verdict = {True: "yes", False: "no", None: "n/a"}[test["equivalent"]]
-            lines.append(f"| {key} | {groups_of(entry)} | {test['difference']:.3f} | {interval} | "
+            first, second = entry["compared"]
+            lines.append(f"| {key} | {groups_of(entry)} | {first} - {second}: {test['difference']:.3f} | "
+                         f"{interval} | "
                          f"{test['margin']:.3f} | {_number(test['p'], '.3g')} | {verdict} |")
         lines.append("")
     return lines
