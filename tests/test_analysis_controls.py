@@ -102,6 +102,9 @@ def test_a_map_of_the_row_alone_is_smooth_but_has_no_within_band_structure():
     sheet = channel_freq_sheet("block", n_channels=32, n_freqs=16, seed=0)
     bands = frequency_bands(sheet)
     assert bands.tolist() == (torch.arange(512) // 32).tolist()
+    # the row index alone: nothing is left within the bands (a constant map, NaN smoothness)
+    assert within_band(bands, bands).abs().max() == 0
+    assert math.isnan(smoothness(within_band(bands, bands), sheet.positions, n_shuffles=3)["smoothness"])
     noise = 0.1 * torch.randn(sheet.n_units, generator=torch.Generator().manual_seed(0))
     row_map = bands.double() + noise                     # what any model's BF map gets for free
     plain = smoothness(row_map, sheet.positions, n_shuffles=20)
