@@ -59,9 +59,15 @@ def extensions():
 def extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     cxx_flags = ["-O0", "-g"] if debug else ["-O3", "-fopenmp-simd", "-fno-math-errno"]
+    # -fopenmp: ATen's parallel_for is a header template; without it the CPU kernels' one parallel
+    # region (csrc/parallel_blocks.h) compiled to a serial loop. At run time the extension shares
+    # the libgomp.so.1 that torch has already loaded (same soname), so there is one OpenMP runtime.
+    cxx_flags += ["-fopenmp"]
+    link_flags = ["-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp"))
     if CUDA_HOME is None:
-        return CppExtension("topoaudio._C", sources, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension("topoaudio._C", sources, extra_compile_args={"cxx": cxx_flags},
+                            extra_link_args=link_flags)
     nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3"]
     nvcc_flags += ["-gencode=arch=compute_90,code=sm_90"]
     return CUDAExtension(
@@ -69,6 +75,7 @@ def extension():
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         define_macros=[("WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 

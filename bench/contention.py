@@ -4,7 +4,9 @@ measured in the same conditions (the spatial loss beside torch's own N x N x B m
 cochleagram beside the plain PyTorch reference).
 
 Run: python bench/contention.py [--op spatial|cochleagram] [--mode forward|forward_backward]
-     [--repeats 5]
+     [--repeats 5] [--control reference]
+`--control reference` times the spatial loss against the plain PyTorch reference (N x N matrices,
+forward and backward) instead of torch's matmul: the issue's ">= 10x the reference" figure.
 The competitor is a subprocess spinning `while True: pass`; it runs only during the "busy" rows.
 On a machine that other jobs also use the figures are noisy: compare the ratios within one run.
 """
@@ -19,7 +21,7 @@ import torch
 import topoaudio.ops as ops
 
 
-def spatial_case(mode: str):
+def spatial_case(mode: str, control_kind: str = "matmul"):
     """(fused step, control step) at N = 8192, B = 64, the issue's size."""
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(64, 8192, generator=generator, requires_grad=mode != "forward")
@@ -36,10 +38,18 @@ def spatial_case(mode: str):
     def control():  # one dense N x N x B product, what the kernel's W z costs in torch's GEMM
         torch.mm(weights, z)
 
+    def reference():  # the definition: N x N correlation and weight matrices, autograd backward
+        loss = ops.reference.spatial_loss(features, positions)
+        if mode != "forward":
+            loss.backward()
+            features.grad = None
+
+    if control_kind == "reference":
+        return fused, reference, "reference"
     return fused, control, "torch.mm W z"
 
 
-def cochleagram_case(mode: str):
+def cochleagram_case(mode: str, control_kind: str = "reference"):
     """(fused step, reference step) at batch 8, 2 s clips, as bench/test_cochleagram.py."""
     waveform = 0.1 * torch.randn(8, 40000, generator=torch.Generator().manual_seed(0))
     waveform.requires_grad_(mode != "forward")
@@ -71,9 +81,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=["forward", "forward_backward"], default=None,
                         help="default: forward_backward for spatial, forward for cochleagram")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--control", choices=["matmul", "reference"], default="matmul",
+                        help="spatial only: the control beside the fused op (default: matmul)")
     args = parser.parse_args()
     mode = args.mode or ("forward_backward" if args.op == "spatial" else "forward")
-    fused, control, control_name = (spatial_case if args.op == "spatial" else cochleagram_case)(mode)
+    fused, control, control_name = (spatial_case if args.op == "spatial" else cochleagram_case)(
+        mode, args.control)
     print(f"{args.op} {mode}, torch {torch.__version__}, median of {args.repeats} (ms)")
     print(f"{'condition':14s} {'threads':>7s} {'fused':>9s} {control_name:>14s} {'ctrl/fused':>10s}")
     results = {}

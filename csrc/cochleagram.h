@@ -1,6 +1,7 @@
 // Stage B of the cochleagram: envelope magnitude + windowed-sinc downsampling (+ compression),
-// fused so the full-rate envelope is never written to memory. Stage A (filtering and the complex
-// inverse FFT) stays in torch.fft, which is already optimal; see docs/DESIGN.md.
+// fused so the full-rate envelope is never written to memory. On GPUs stage A (filtering and the
+// complex inverse FFT) stays in torch.fft (cuFFT); on the CPU the whole op runs in one parallel
+// region (cochleagram_forward_cpu / cochleagram_backward_cpu); see docs/DESIGN.md.
 #pragma once
 #include <torch/extension.h>
 #include <vector>
@@ -16,6 +17,20 @@ std::vector<at::Tensor> envelope_downsample_forward_cpu(const at::Tensor& analyt
 // Returns the gradient w.r.t. analytic, [rows, T, 2].
 at::Tensor envelope_downsample_backward_cpu(const at::Tensor& analytic, const at::Tensor& taps,
                                             const at::Tensor& grad_envelope, int64_t stride);
+
+// The whole op on the CPU. spectrum: rfft of the clips, complex [rows, T/2 + 1]; filters: real
+// [channels, T/2 + 1]; bands: int64 [channels, 2], each filter's nonzero bins [lo, hi).
+// Returns {out, envelope}, each [rows, channels, frames].
+std::vector<at::Tensor> cochleagram_forward_cpu(const at::Tensor& spectrum,
+                                                const at::Tensor& filters, const at::Tensor& bands,
+                                                const at::Tensor& taps, int64_t length,
+                                                int64_t stride, int64_t n_frames, double power,
+                                                double offset, bool compress);
+// grad_envelope: [rows, channels, frames]. Returns the gradient w.r.t. the spectrum,
+// complex [rows, T/2 + 1] (the caller applies the adjoint of rfft).
+at::Tensor cochleagram_backward_cpu(const at::Tensor& grad_envelope, const at::Tensor& spectrum,
+                                    const at::Tensor& filters, const at::Tensor& bands,
+                                    const at::Tensor& taps, int64_t length, int64_t stride);
 
 #ifdef WITH_CUDA
 std::vector<at::Tensor> envelope_downsample_forward_cuda(const at::Tensor& analytic,

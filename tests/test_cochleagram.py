@@ -155,6 +155,25 @@ def test_cuda_backends_match_reference_on_odd_shapes(backend, shape):
     compare_with_reference(backend, "cuda", shape)
 
 
+def test_cpp_results_do_not_depend_on_the_thread_count():
+    # The CPU op hands (clip, 8-channel) blocks to whichever thread is free (issue 10); each block's
+    # numbers, and the fixed-order sum of the blocks' spectrum gradients, must not depend on that.
+    waveform = 0.1 * torch.randn(3, 4000, generator=torch.Generator().manual_seed(1))
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            x = waveform.clone().requires_grad_(True)
+            out = ops.cochleagram(x, backend="cpp", **SMALL)
+            (grad,) = torch.autograd.grad((out * out).sum(), x)
+            results.append((out.detach(), grad))
+    finally:
+        torch.set_num_threads(previous)
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
 @pytest.mark.parametrize("compression", ["power", None])
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_float64_gradcheck(backend, compression):

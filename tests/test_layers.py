@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Top to bottom, as docs/DESIGN.md draws them. A module belongs to the layer of its longest prefix.
 LAYERS = (
-    ("entry points", ("topoaudio.demo", "topoaudio.evaluate", "topoaudio.cli")),
+    ("entry points", ("topoaudio.demo", "topoaudio.evaluate", "topoaudio.cli", "topoaudio.readout")),
     ("analysis", ("topoaudio.analysis",)),
     ("brain", ("topoaudio.brain",)),
     ("training", ("topoaudio.training",)),

@@ -6,6 +6,9 @@ filter's band of bins, then torch.fft.ifft gives the analytic subband; stage B, 
 (C++, CUDA or Triton) takes its magnitude, downsamples with the windowed sinc and compresses, so the
 full-rate envelope of the whole batch never exists. The backward recomputes stage A chunk by chunk
 and accumulates the gradient of the spectrum, so memory stays O(chunk + B T).
+The cpp backend runs stages A and B together in C++ (one parallel region per call, blocks of
+(clip, 8 channels) taken dynamically by the threads), so a thread slowed by another process does
+not hold back a statically split FFT (issue 10); the other backends loop over chunks here.
 """
 from __future__ import annotations
 
@@ -128,10 +131,15 @@ def _cochleagram_op(waveform: torch.Tensor, sr: int, n: int, low_lim: float, hig
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress,
                         power, offset, clip_value)
     filters, taps, bands = _prepare(waveform, config, backend)
-    forward, _ = _stage_b(backend)
     n_rows, length = waveform.shape
     n_channels, n_frames, stride = filters.shape[0], config.n_frames(length), config.stride
     spectrum = torch.fft.rfft(waveform)
+    if backend == "cpp":
+        out, envelope = dispatch.extension().cochleagram_forward_cpu(
+            spectrum, filters, _band_tensor(config, length), taps, length, stride, n_frames,
+            power, offset, compress)
+        return out, envelope
+    forward, _ = _stage_b(backend)
     out = waveform.new_empty(n_rows, n_channels, n_frames)
     envelope = waveform.new_empty(n_rows, n_channels, n_frames)
     for rows, channels, lo, hi in _chunks(n_rows, n_channels, bands, waveform.device):
@@ -161,9 +169,14 @@ def _cochleagram_backward_op(grad_envelope: torch.Tensor, waveform: torch.Tensor
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, False, 0.3,
                         1e-8, 5.0)
     filters, taps, bands = _prepare(waveform, config, backend)
-    _, backward = _stage_b(backend)
     n_rows, length = waveform.shape
     spectrum = torch.fft.rfft(waveform)
+    if backend == "cpp":
+        grad_spectrum = dispatch.extension().cochleagram_backward_cpu(
+            grad_envelope, spectrum, filters, _band_tensor(config, length), taps, length,
+            config.stride)
+        return _rfft_adjoint(grad_spectrum, length)
+    _, backward = _stage_b(backend)
     grad_spectrum = torch.zeros_like(spectrum)
     for rows, channels, lo, hi in _chunks(n_rows, filters.shape[0], bands, waveform.device):
         analytic = _analytic_subbands(spectrum[rows], filters[channels], lo, hi, length)
@@ -267,6 +280,17 @@ def _bands(config: CochleagramConfig, length: int) -> list[int]:
     if key not in _BANDS:
         _BANDS[key] = _band_extents(erb_cosine_filters(config, length))
     return _BANDS[key]
+
+
+_BAND_TENSORS: dict = {}
+
+
+def _band_tensor(config: CochleagramConfig, length: int) -> torch.Tensor:
+    """The bands as the C++ op takes them: int64 [channels, 2] of [lo, hi), built once."""
+    key = (config, length)
+    if key not in _BAND_TENSORS:
+        _BAND_TENSORS[key] = torch.tensor(_bands(config, length), dtype=torch.long).view(-1, 2)
+    return _BAND_TENSORS[key]
 
 
 def _config_kwargs(config: CochleagramConfig) -> dict:
