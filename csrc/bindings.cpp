@@ -1,6 +1,7 @@
 // pybind11 entry points of topoaudio._C. The Python layer (topoaudio/ops) wraps them in
 // torch.library custom ops; nothing here knows about the op registry or autograd.
 #include "cochleagram.h"
+#include "parallel_blocks.h"
 #include "spatial_loss.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -9,6 +10,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("envelope_downsample_backward_cpu", &envelope_downsample_backward_cpu);
   m.def("cochleagram_forward_cpu", &cochleagram_forward_cpu);
   m.def("cochleagram_backward_cpu", &cochleagram_backward_cpu);
+  m.def("block_worker_threads", &block_worker_threads);
   m.def("spatial_weighted_sum_cpu", &spatial_weighted_sum_cpu);
   m.def("spatial_pair_sums_cpu", &spatial_pair_sums_cpu);
   m.def("spatial_pair_grad_cpu", &spatial_pair_grad_cpu);

@@ -58,3 +58,7 @@ void run_block_workers(int64_t blocks, const Worker& worker) {
     for (int64_t w = begin; w < end; ++w) worker(take);
   });
 }
+
+// Test probe (parallel_blocks.cpp): runs `blocks` blocks that each sleep, returns how many distinct
+// threads took at least one.
+int64_t block_worker_threads(int64_t blocks, double seconds_per_block);
