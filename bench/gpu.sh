@@ -55,7 +55,7 @@ tests_rc=0
 if want tests; then
   log "CUDA tests"
   run_for "$OUT/tests.log" "${PYTEST[@]}" tests/test_cochleagram.py tests/test_spatial_loss.py \
-    -k "cuda or gpu or split"
+    tests/test_spatial_lattice.py -k "cuda or gpu or split"
   tests_rc=$?
   tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 fi
@@ -69,7 +69,7 @@ fi
 
 log "benchmarks"
 bench_rc=0
-for file in test_cochleagram test_spatial_loss test_training_step test_brain; do
+for file in test_cochleagram test_spatial_loss test_spatial_lattice test_training_step test_brain; do
   want $file || continue
   run_for "$OUT/bench.log" "${PYTEST[@]}" "bench/$file.py" --benchmark-only --full -s \
     --benchmark-json "$SCRATCH/$file.json" || bench_rc=1
