@@ -17,6 +17,7 @@ from topoaudio import checkpoint
 from topoaudio.data import CLASSES
 from topoaudio.models import CochCNN, CochResNet50, build_model, tapped
 from topoaudio.training import TrainConfig, loop, main, parse_args, train
+from topoaudio.training.config import ADDED_SETTINGS
 from topoaudio.training.data import build_datasets, collate
 from topoaudio.training.objective import Objective, accuracy
 
@@ -273,14 +274,17 @@ def test_a_tasks_mismatch_is_a_one_line_error(tmp_path, fake_scenes):
 
 
 def test_single_task_checkpoints_from_before_multi_task_still_load_and_resume(tmp_path):
-    """A checkpoint without "tasks", whose config lacks tasks and task_weights, as written before."""
+    """A checkpoint without "tasks", whose config lacks the settings added since (tasks,
+    task_weights, the scene settings, ...), as written before."""
     config = tiny(tmp_path, steps=2)
     train(config)
     path = os.path.join(config.out, checkpoint.CHECKPOINT_NAME)
     assert checkpoint.load(path)["tasks"] is None
 
     def as_before(state):
-        del state["tasks"], state["config"]["tasks"], state["config"]["task_weights"]
+        del state["tasks"]
+        for key in ADDED_SETTINGS:
+            del state["config"][key]
     _rewrite(path, as_before)
     model, _, _ = checkpoint.load_trained(path, clip_samples=10000)
     assert model.tasks is None and model.head.out_features == len(CLASSES)
