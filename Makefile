@@ -12,6 +12,9 @@ $(STAMP): $(BUILD_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	# tinysoundfont renders the scenes' music; its one dependency (pyaudio, live playback) needs
+	# system headers and is not used, so it is installed without dependencies
+	$(PY) -m pip install --no-deps tinysoundfont==0.3.7
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
