@@ -200,12 +200,15 @@ def test_scenes_read_out_each_task_and_skip_one_without_test_labels(checkpoint, 
     assert 0 <= results["category"]["accuracy"] <= 1
 
 
-def test_scenes_are_skipped_cleanly_when_the_class_is_missing(checkpoint, monkeypatch, capsys):
-    import topoaudio.data
+def test_scenes_without_their_packages_are_a_clear_error(checkpoint, monkeypatch):
+    from topoaudio.data import scenes
 
-    monkeypatch.delattr(topoaudio.data, "SpeechMusicScenes")
-    result = readout.main(["--checkpoint", checkpoint, "--dataset", "scenes"])
-    assert "cannot be imported" in result["skipped"] and "skipped" in capsys.readouterr().out
+    def missing():
+        raise ImportError("espeak-ng is not installed: pip install espeakng-loader pretty-midi")
+
+    monkeypatch.setattr(scenes, "check_packages", missing)
+    with pytest.raises(SystemExit, match="--dataset scenes: espeak-ng is not installed: pip install"):
+        readout.main(["--checkpoint", checkpoint, "--dataset", "scenes"])
 
 
 def test_a_penalty_at_the_end_of_the_grid_is_flagged():

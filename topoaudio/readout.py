@@ -293,12 +293,11 @@ def main(argv=None) -> dict:
     if args.out and os.path.isdir(args.out):
         sys.exit(f"{PROG}: --out {args.out} is a directory; name a JSON file")
     if args.dataset == "scenes":
-        try:
-            from topoaudio.data import SpeechMusicScenes  # noqa: F401
+        from topoaudio.data import scenes
+        try:  # the scenes' synthesisers are separate packages: name them before any work
+            scenes.check_packages()
         except ImportError as error:
-            result = {"dataset": "scenes", "skipped": f"SpeechMusicScenes cannot be imported: {error}"}
-            print(json.dumps(result))
-            return result
+            sys.exit(f"{PROG}: --dataset scenes: {error}")
     try:
         result = run(args.checkpoint, args.dataset, args.data_root, args.layer, args=args,
                      device=args.device, penalties=tuple(args.penalties))
