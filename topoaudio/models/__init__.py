@@ -1,10 +1,12 @@
-"""Models: CochResNet50, the small cochcnn, single- or multi-task heads, and named layer taps."""
+"""Models: CochResNet50, the small cochcnn, the Audio Spectrogram Transformer (ast, ast_base),
+single- or multi-task heads, and named layer taps."""
+from .ast import AST, ASTBase
 from .cochcnn import CochCNN
 from .cochresnet50 import CochResNet50
 from .heads import task_sizes
 from .taps import tap_shapes, tapped
 
-MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50}
+MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50, "ast": AST, "ast_base": ASTBase}
 
 
 def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] | None = None):
@@ -19,5 +21,5 @@ def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] |
     return MODELS[name](n_classes if tasks is None else tasks)
 
 
-__all__ = ["MODELS", "CochCNN", "CochResNet50", "build_model", "tap_shapes", "tapped",
+__all__ = ["AST", "ASTBase", "MODELS", "CochCNN", "CochResNet50", "build_model", "tap_shapes", "tapped",
            "task_sizes"]
