@@ -152,7 +152,8 @@ def test_untrained_twin_is_the_initialisation_of_the_run(tmp_path):
     from topoaudio.training.config import TrainConfig
 
     # a learning rate of 1e-12 leaves every weight where initialisation put it (to ~1e-12)
-    train(TrainConfig(clip_seconds=0.5, train_size=8, val_size=4, batch_size=4, steps=1, warmup_steps=0,
+    train(TrainConfig(dataset="procedural", num_workers=0, clip_seconds=0.5, train_size=8,
+                      val_size=4, batch_size=4, steps=1, warmup_steps=0,
                       log_every=1, eval_every=1000, checkpoint_every=1000, lr=1e-12, topo="none",
                       seed=3, out=str(tmp_path / "run")))
     model, _, config = load_trained(tmp_path / "run" / "checkpoint.pt")

@@ -17,7 +17,8 @@ from topoaudio import checkpoint
 from topoaudio.training import TrainingDiverged, train
 from topoaudio.training.config import TrainConfig
 
-TINY = dict(clip_seconds=0.5, train_size=48, val_size=8, batch_size=4, warmup_steps=1,
+TINY = dict(dataset="procedural", num_workers=0,
+            clip_seconds=0.5, train_size=48, val_size=8, batch_size=4, warmup_steps=1,
             log_every=1, eval_every=1000, checkpoint_every=1000)
 
 

@@ -20,7 +20,8 @@ from topoaudio.data.natsound165 import CATEGORIES, FILE_SECONDS, FILE_SR, N_SOUN
 from topoaudio.training import train
 from topoaudio.training.config import TrainConfig
 
-TINY = dict(clip_seconds=0.5, train_size=32, val_size=8, batch_size=4, steps=2, warmup_steps=1,
+TINY = dict(dataset="procedural", num_workers=0,
+            clip_seconds=0.5, train_size=32, val_size=8, batch_size=4, steps=2, warmup_steps=1,
             log_every=1, eval_every=1000, checkpoint_every=1000)
 FRAMES = int(FILE_SR * FILE_SECONDS)
 

@@ -24,7 +24,8 @@ from topoaudio.training.objective import Objective, accuracy
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 20000
 # Half-second clips and a small set: every run here takes seconds on two cores.
-TINY = dict(clip_seconds=0.5, train_size=48, val_size=12, batch_size=6, warmup_steps=2, topo="none",
+TINY = dict(dataset="procedural", num_workers=0,
+            clip_seconds=0.5, train_size=48, val_size=12, batch_size=6, warmup_steps=2, topo="none",
             log_every=1, eval_every=1000, checkpoint_every=1000)
 TASKS = {"word": 4, "speaker": 3, "instrument": 5, "category": 3}
 
@@ -298,7 +299,7 @@ def test_single_task_checkpoints_from_before_multi_task_still_load_and_resume(tm
 def test_scene_settings_are_refused_on_other_datasets():
     with pytest.raises(ValueError, match="scene_words, scene_instrument set the speech_music_scenes "
                                          "dataset, not 'procedural'"):
-        build_datasets(TrainConfig(scene_words=40, scene_instrument="family"))
+        build_datasets(TrainConfig(dataset="procedural", scene_words=40, scene_instrument="program"))
     with pytest.raises(ValueError, match="scene_instrument must be one of"):
         TrainConfig(scene_instrument="timbre")
 

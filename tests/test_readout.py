@@ -15,7 +15,8 @@ from topoaudio.training.config import TrainConfig
 
 SR = 16000
 CLASS_HZ = (300.0, 1200.0, 4800.0)  # planted: each class a tone of its own frequency
-TINY = dict(clip_seconds=0.5, train_size=16, val_size=4, batch_size=4, steps=1, warmup_steps=0,
+TINY = dict(dataset="procedural", num_workers=0,
+            clip_seconds=0.5, train_size=16, val_size=4, batch_size=4, steps=1, warmup_steps=0,
             log_every=1, eval_every=1000, checkpoint_every=1000, topo="none")
 
 

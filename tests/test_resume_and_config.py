@@ -13,7 +13,8 @@ from topoaudio.training import TrainConfig, main, parse_args, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Half-second clips and a small set: every run here takes seconds on two cores.
-TINY = dict(clip_seconds=0.5, train_size=96, val_size=16, batch_size=8, warmup_steps=2,
+TINY = dict(dataset="procedural", num_workers=0,
+            clip_seconds=0.5, train_size=96, val_size=16, batch_size=8, warmup_steps=2,
             log_every=1, eval_every=1000, checkpoint_every=1000)
 TINY_ARGS = [f"--{key}={value}" for key, value in TINY.items()]
 

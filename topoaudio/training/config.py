@@ -27,15 +27,18 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass
 class TrainConfig:
     """Every knob of `torchrun train.py`. Defaults: the embedded main job (cochcnn + whole-sheet
-    spatial loss on procedural sounds, two CPU cores, under 15 minutes)."""
+    spatial loss on the synthesised speech and music scenes, four tasks, two CPU cores, under 15
+    minutes)."""
 
     # model and data
     model: str = "cochcnn"
-    dataset: str = "procedural"  # procedural | speech_commands | esc50 | nsynth | word_speaker_noise
-    #                              | speech_music_scenes (multi-task: word, speaker, instrument, category)
+    dataset: str = "speech_music_scenes"  # multi-task: word, speaker, instrument, category
+    #                 | procedural | speech_commands | esc50 | nsynth | word_speaker_noise
     data_root: str = ""
     noise_root: str = ""
-    train_size: int = 4096  # procedural set size (other datasets: their own size)
+    # synthesised sets' size (scenes, procedural; file datasets: their own size). Scenes are made
+    # on demand, so a large set costs nothing and the default run sees each clip about once
+    train_size: int = 25600
     val_size: int = 384
     clip_seconds: float = 2.0
     # multi-task datasets: the tasks to train ([] = every task the dataset labels) and the weight of
@@ -44,9 +47,9 @@ class TrainConfig:
     task_weights: list[float] = field(default_factory=list)
     scene_words: int = 50  # speech_music_scenes: word classes, the first N of its word list
     scene_voices: int = 0  # speech_music_scenes: training voices (speaker classes); 0: all of them
-    scene_instrument: str = "program"  # speech_music_scenes: program (121 classes) | family (16)
+    scene_instrument: str = "family"  # speech_music_scenes: family (16 classes) | program (121)
     # optimisation
-    steps: int = 800
+    steps: int = 1600
     batch_size: int = 16  # global batch, split evenly across ranks
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 2e-3
@@ -80,7 +83,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 400
     checkpoint_every: int = 100
-    num_workers: int = 0
+    num_workers: int = 1  # DataLoader worker processes: the scenes are synthesised there
     amp: bool = True  # bf16 autocast on GPU
     device: str = "auto"  # auto | cpu | cuda
 
@@ -198,7 +201,7 @@ assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every s
 # Settings added after checkpoints of this format were first written, with the value that means
 # "as before they existed": a checkpoint whose config lacks them resumes with these.
 ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voices": 0,
-                  "scene_instrument": "program", "factor_h": 0.0, "factor_w": 0.0,
+                  "scene_instrument": "family", "factor_h": 0.0, "factor_w": 0.0,
                   # runs saved before TDANN's windows existed sampled the k nearest units
                   "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,
                   "neighbourhoods_per_step": 1}
