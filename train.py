@@ -3,8 +3,9 @@
     torchrun [--nproc_per_node=K] train.py [--config FILE.json] [--steps N] [--out DIR] [--resume]
                                            [--key value ...]
 
-With no arguments: cochcnn with the whole-sheet spatial loss on the embedded procedural sounds
-(two CPU cores, under 15 minutes), checkpoint and metrics under runs/. Presets: configs/*.json.
+With no arguments: cochcnn with the whole-sheet spatial loss on the synthesised speech and music
+scenes, four tasks (two CPU cores, under 15 minutes), checkpoint and metrics under runs/.
+Presets: configs/*.json (configs/default.json is this run).
 """
 import sys
 
