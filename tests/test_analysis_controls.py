@@ -224,3 +224,19 @@ def test_tost_supports_parity_only_when_the_data_do():
         tost([1.0, 2.0], [1.0, 2.0], margin=0.0)
     with pytest.raises(ValueError, match="sample b"):
         tost([1.0, 2.0], [1.0], margin=0.1)
+
+
+def test_multi_task_validation_accuracy_reaches_the_parity_tests(tmp_path):
+    # a multi-task run logs {task: accuracy}; each task gets its own parity entry, none is dropped
+    from topoaudio.analysis import evaluation
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"step": 4, "val_accuracy": {"word": 0.25, "speaker": null, "category": 0.5}}\n'
+        '{"step": 8, "val_accuracy": {"word": 0.5, "speaker": null, "category": 0.75}}\n')
+    accuracy = evaluation.final_val_accuracy(run / "checkpoint.pt")
+    assert accuracy == {"word": 0.5, "category": 0.75}
+    flat = evaluation._flatten({"val_accuracy": accuracy, "layers": {}})
+    assert flat == {"val_accuracy/word": 0.5, "val_accuracy/category": 0.75}
+    assert evaluation._parity_margin("val_accuracy/word") == evaluation._parity_margin("val_accuracy")

@@ -195,9 +195,10 @@ def primary_tests(layers: dict) -> list[dict]:
     return tests
 
 
-def final_val_accuracy(checkpoint_path) -> float | None:
-    """The last validation accuracy (a fraction) in the metrics.jsonl beside a checkpoint, or None
-    when the run wrote none (or a multi-task run wrote one per task: parity then needs a task)."""
+def final_val_accuracy(checkpoint_path) -> float | dict | None:
+    """The last validation accuracy (a fraction) in the metrics.jsonl beside a checkpoint: a number,
+    or for a multi-task run {task: fraction} (tasks without labelled validation clips left out);
+    None when the run wrote none."""
     path = pathlib.Path(checkpoint_path).with_name("metrics.jsonl") if checkpoint_path else None
     if path is None or not path.is_file():
         return None
@@ -207,8 +208,12 @@ def final_val_accuracy(checkpoint_path) -> float | None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by an interrupted run
-        if isinstance(record, dict) and isinstance(record.get("val_accuracy"), (int, float)):
-            accuracy = float(record["val_accuracy"])
+        value = record.get("val_accuracy") if isinstance(record, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            accuracy = float(value)
+        elif isinstance(value, dict):
+            accuracy = {task: float(v) for task, v in value.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)} or None
     return accuracy
 
 
@@ -295,7 +300,7 @@ def _is_primary(key: str) -> bool:
 
 
 def _parity_margin(key: str) -> float | None:
-    if key == "val_accuracy":
+    if key == "val_accuracy" or key.startswith("val_accuracy/"):
         return ACCURACY_MARGIN
     if key.split("/")[-1].startswith("r2_"):
         return R2_MARGIN
@@ -304,8 +309,11 @@ def _parity_margin(key: str) -> float | None:
 
 def _flatten(run: dict) -> dict:
     flat = {}
-    if run.get("val_accuracy") is not None:
-        flat["val_accuracy"] = run["val_accuracy"]
+    accuracy = run.get("val_accuracy")
+    if isinstance(accuracy, dict):  # a multi-task run: one parity test per task
+        flat.update({f"val_accuracy/{task}": value for task, value in accuracy.items()})
+    elif accuracy is not None:
+        flat["val_accuracy"] = accuracy
     for layer, values in run["layers"].items():
         for name in MAPS:
             if name not in values:  # metrics written before the within-band map existed
