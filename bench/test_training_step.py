@@ -11,7 +11,8 @@ units), which isolates what exactness over the whole sheet costs.
 """
 import pytest
 import torch
-from conftest import bench_device, peak_memory_mb, record, synchronize
+from conftest import bench_device, record, synchronize
+from step_bench import time_training_step
 from tdann_sampled import NEIGHBOURHOOD, SampledSpatialTerm
 
 import topoaudio.ops as ops
@@ -26,38 +27,9 @@ MODEL, BATCH, LAYERS = (("cochresnet50", 64, ["layer1", "layer2", "layer3", "lay
 
 @pytest.mark.parametrize("topo", ["none", "spatial", "topoloss"])
 def test_training_step(benchmark, topo):
-    config = TrainConfig(model=MODEL, topo=topo, topo_layers=LAYERS, batch_size=BATCH)
-    torch.manual_seed(0)
-    model = build_model(MODEL, 12).to(DEVICE)
-    losses = TopographicLosses(config, model, torch.device(DEVICE), clip_samples=40000)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    waveforms = 0.1 * torch.randn(BATCH, 40000, device=DEVICE)
-    labels = torch.randint(0, 12, (BATCH,), device=DEVICE)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE == "cuda")
-    terms = {}
-
-    def step():
-        with autocast, tapped(model, losses.layers) as features:
-            task = torch.nn.functional.cross_entropy(model(waveforms).float(), labels)
-        topo_total, terms_now = losses(features, 0)
-        optimizer.zero_grad()
-        (task + topo_total).backward()
-        optimizer.step()
-        terms.update(terms_now)
-        synchronize(DEVICE)
-
-    step()
-    benchmark.group = f"training step {MODEL} batch {BATCH} {DEVICE}"
-    benchmark.pedantic(step, rounds=5 if DEVICE == "cpu" else 10, iterations=1)
-    units = {layer: sheet.n_units for layer, sheet in losses.sheets.items()}
-    # CUDA: the allocator's peak over one step (weights and optimiser state excluded); CPU: not
-    # measured (a whole-process RSS peak of a training step says little about the loss)
-    peak = peak_memory_mb([], step) if DEVICE == "cuda" else None
-    benchmark.extra_info.update(device=DEVICE, batch=BATCH, peak_mb=peak, units=units,
-                                clips_per_s=BATCH / benchmark.stats.stats.median)
-    record(benchmark, topo, baseline="none", peak_mb=peak)
-    print(f"\ntraining step {MODEL} topo={topo:9s}: {benchmark.stats.stats.median * 1e3:8.1f} ms  "
-          f"units per layer {units}")
+    time_training_step(benchmark, model_name=MODEL, batch=BATCH, layers=LAYERS, topo=topo,
+                       device=DEVICE,
+                       make_optimizer=lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9))
 
 
 @pytest.mark.parametrize("topo", ["spatial", "topoloss"])
