@@ -40,3 +40,17 @@ def natsound165_dir() -> pathlib.Path:
     if not pathlib.Path(path).is_dir():
         raise FileNotFoundError(f"TOPOAUDIO_NATSOUND165={path} is not a directory")
     return pathlib.Path(path)
+
+
+def torchrun_train(cwd, out, settings: dict, steps: int, processes: int = 2):
+    """`torchrun train.py` with `processes` CPU ranks (gloo, one thread each) writing to `out`;
+    returns the finished process (tests assert on its return code and output)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", str(REPO / "train.py"), "--steps", str(steps),
+               "--out", str(out)]
+    command += [f"--{key}={value}" for key, value in settings.items()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(cwd),
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -2,11 +2,10 @@
 TopoLoss on fc1, the spatial loss on its sheets, torch.compile, a two-process DDP run, bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import torchrun_train
 from torch.nn import functional
 
 from topoaudio.models import AST, MODELS, ASTBase, build_model, tap_shapes, tapped
@@ -191,11 +190,7 @@ def test_a_two_process_ddp_run(tmp_path):
     settings = {"model": "ast", "clip_seconds": 0.5, "train_size": 8, "val_size": 4, "batch_size": 4,
                 "warmup_steps": 1, "topo": "spatial", "sheet": "channels", "topo_layers": "block2.mlp",
                 "log_every": 1, "eval_every": 2, "checkpoint_every": 1000}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(REPO, "train.py"), "--steps", "2", "--out", str(out)]
-    command += [f"--{key}={value}" for key, value in settings.items()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = torchrun_train(tmp_path, out, settings, steps=2)
     assert result.returncode == 0, result.stderr[-3000:]
     from topoaudio import checkpoint
     state = checkpoint.load(str(out / "checkpoint.pt"))

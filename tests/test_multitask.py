@@ -5,12 +5,11 @@ The runs use a small synthetic multi-task set (FakeScenes below) shaped like Spe
 they need neither espeak nor a SoundFont; the last test runs the real scenes when they can be made."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_train
 from torch.nn import functional
 
 from topoaudio import checkpoint
@@ -363,11 +362,7 @@ def test_a_two_process_ddp_run_on_speech_music_scenes(tmp_path):
     out = tmp_path / "ddp"
     settings = {**TINY, "topo": "spatial", "dataset": "speech_music_scenes", "train_size": 12,
                 "val_size": 6, "eval_every": 2, "scene_words": 10, "scene_voices": 4}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(REPO, "train.py"), "--steps", "2", "--out", str(out)]
-    command += [f"--{key}={value}" for key, value in settings.items()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = torchrun_train(tmp_path, out, settings, steps=2)
     assert result.returncode == 0, result.stderr[-3000:]
     state = checkpoint.load(str(out / "checkpoint.pt"))
     assert state["step"] == 2 and len(state["rng"]) == 2

@@ -2,11 +2,10 @@
 atomic checkpoints, and stopping on a non-finite loss."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import torchrun_train
 
 from topoaudio import checkpoint
 from topoaudio.training import TrainingDiverged, parse_args, train
@@ -178,12 +177,7 @@ def test_layer_weights_scale_each_layers_spatial_term(tmp_path):
 
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               os.path.join(REPO, "train.py"), "--steps", "3", "--out", str(out)]
-    command += [f"--{key}={value}" for key, value in TINY.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
-                            cwd=str(tmp_path))
+    result = torchrun_train(tmp_path, out, TINY, steps=3)
     assert result.returncode == 0, result.stderr[-3000:]
     state = checkpoint.load(str(out / "checkpoint.pt"))
     assert state["step"] == 3 and len(state["rng"]) == 2
