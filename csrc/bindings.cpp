@@ -6,8 +6,6 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "topoaudio fused kernels (C++ CPU, and CUDA when built with it)";
-  m.def("envelope_downsample_forward_cpu", &envelope_downsample_forward_cpu);
-  m.def("envelope_downsample_backward_cpu", &envelope_downsample_backward_cpu);
   m.def("cochleagram_forward_cpu", &cochleagram_forward_cpu);
   m.def("cochleagram_backward_cpu", &cochleagram_backward_cpu);
   m.def("block_worker_threads", &block_worker_threads);

@@ -1,22 +1,11 @@
-// Stage B of the cochleagram: envelope magnitude + windowed-sinc downsampling (+ compression),
-// fused so the full-rate envelope is never written to memory. On GPUs stage A (filtering and the
-// complex inverse FFT) stays in torch.fft (cuFFT); on the CPU the whole op runs in one parallel
-// region (cochleagram_forward_cpu / cochleagram_backward_cpu); see docs/DESIGN.md.
+// The cochleagram's fused kernels. Stage B (envelope magnitude + windowed-sinc downsampling
+// (+ compression)) is fused so the full-rate envelope is never written to memory. On GPUs stage A
+// (filtering and the complex inverse FFT) stays in torch.fft (cuFFT) and CUDA runs stage B alone;
+// on the CPU the whole op runs in one parallel region (cochleagram_forward_cpu /
+// cochleagram_backward_cpu); see docs/DESIGN.md.
 #pragma once
 #include <torch/extension.h>
 #include <vector>
-
-// analytic: [rows, T, 2] real view of the complex analytic subbands; taps: [W].
-// Returns {out [rows, frames], envelope [rows, frames]}; out is the compressed envelope when
-// compress is true, otherwise a copy of envelope.
-std::vector<at::Tensor> envelope_downsample_forward_cpu(const at::Tensor& analytic,
-                                                        const at::Tensor& taps, int64_t stride,
-                                                        int64_t n_frames, double power,
-                                                        double offset, bool compress);
-// grad_envelope: [rows, frames] (gradient w.r.t. the downsampled, uncompressed envelope).
-// Returns the gradient w.r.t. analytic, [rows, T, 2].
-at::Tensor envelope_downsample_backward_cpu(const at::Tensor& analytic, const at::Tensor& taps,
-                                            const at::Tensor& grad_envelope, int64_t stride);
 
 // The whole op on the CPU. spectrum: rfft of the clips, complex [rows, T/2 + 1]; filters: real
 // [channels, T/2 + 1]; bands: int64 [channels, 2], each filter's nonzero bins [lo, hi).
@@ -33,6 +22,10 @@ at::Tensor cochleagram_backward_cpu(const at::Tensor& grad_envelope, const at::T
                                     const at::Tensor& taps, int64_t length, int64_t stride);
 
 #ifdef WITH_CUDA
+// Stage B alone on CUDA. analytic: [rows, T, 2] real view of the complex analytic subbands;
+// taps: [W]. Returns {out [rows, frames], envelope [rows, frames]}; out is the compressed
+// envelope when compress is true, otherwise a copy of envelope. The backward takes grad_envelope
+// [rows, frames] (w.r.t. the downsampled, uncompressed envelope) and returns [rows, T, 2].
 std::vector<at::Tensor> envelope_downsample_forward_cuda(const at::Tensor& analytic,
                                                          const at::Tensor& taps, int64_t stride,
                                                          int64_t n_frames, double power,

@@ -1,14 +1,11 @@
-// CPU kernels of the cochleagram (see cochleagram.h): stage B alone, and the whole op (stages A
-// and B in one parallel region, issue 10).
+// The cochleagram on the CPU (see cochleagram.h): stages A and B in one parallel region (issue 10).
 //
 // The strided correlation env[f] = sum_j |z[f D + j]| h[j] is rewritten in polyphase form so that
 // BLAS does the multiply-adds: with the taps zero-padded to Q = ceil(W / D) blocks of D,
 //   P[b, q] = sum_p |z[b D + p]| h[q D + p]        (a [blocks, D] x [D, Q] GEMM per row)
 //   env[f]  = sum_q P[f + q, q]                     (Q diagonals)
-// Rows are handed out to the threads dynamically in one parallel region per call
-// (parallel_blocks.h); each thread computes a whole row, its magnitudes and its GEMM
-// (single-threaded) in buffers of its own, so a thread slowed by another process on its core
-// holds back at most the row it has taken, and each row's numbers do not depend on the schedule.
+// Each worker computes whole rows, their magnitudes and GEMMs (single-threaded), in buffers of its
+// own, so a row's numbers do not depend on the schedule.
 #include "cochleagram.h"
 
 #include "mkl_fft.h"
@@ -99,60 +96,6 @@ void downsample_row_backward(const scalar_t* z, int64_t length, const Polyphase&
 
 }  // namespace
 
-std::vector<at::Tensor> envelope_downsample_forward_cpu(const at::Tensor& analytic,
-                                                        const at::Tensor& taps, int64_t stride,
-                                                        int64_t n_frames, double power,
-                                                        double offset, bool compress) {
-  check_envelope_args(analytic, taps, stride, n_frames);
-  TORCH_CHECK(analytic.device().is_cpu(), "envelope_downsample_forward_cpu needs CPU tensors");
-  const int64_t rows = analytic.size(0), length = analytic.size(1);
-  const Polyphase poly = polyphase_taps(taps, stride, n_frames);
-  auto out = at::empty({rows, n_frames}, analytic.options());
-  auto envelope = at::empty({rows, n_frames}, analytic.options());
-  AT_DISPATCH_FLOATING_TYPES(analytic.scalar_type(), "envelope_downsample_forward_cpu", [&] {
-    const scalar_t* z = analytic.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    scalar_t* e = envelope.data_ptr<scalar_t>();
-    const auto pw = static_cast<scalar_t>(power), off = static_cast<scalar_t>(offset);
-    const auto taps_t = poly.taps.t();
-    run_block_workers(rows, [&](const auto& take) {
-      auto magnitude = at::empty({poly.blocks, stride}, analytic.options());
-      auto phase_sums = at::empty({poly.blocks, poly.phases}, analytic.options());
-      for (int64_t row = take(); row < rows; row = take())
-        downsample_row(z + row * length * 2, length, poly, taps_t, magnitude, phase_sums,
-                       e + row * n_frames, o + row * n_frames, n_frames, pw, off, compress);
-    });
-  });
-  return {out, envelope};
-}
-
-at::Tensor envelope_downsample_backward_cpu(const at::Tensor& analytic, const at::Tensor& taps,
-                                            const at::Tensor& grad_envelope, int64_t stride) {
-  const int64_t n_frames = grad_envelope.size(-1);
-  check_envelope_args(analytic, taps, stride, n_frames);
-  TORCH_CHECK(analytic.device().is_cpu(), "envelope_downsample_backward_cpu needs CPU tensors");
-  TORCH_CHECK(grad_envelope.is_contiguous() && grad_envelope.dim() == 2 &&
-                  grad_envelope.size(0) == analytic.size(0) &&
-                  grad_envelope.scalar_type() == analytic.scalar_type(),
-              "grad_envelope must be a contiguous [rows, frames] tensor of the analytic's dtype");
-  const int64_t rows = analytic.size(0), length = analytic.size(1);
-  const Polyphase poly = polyphase_taps(taps, stride, n_frames);
-  auto grad_analytic = at::empty_like(analytic);
-  AT_DISPATCH_FLOATING_TYPES(analytic.scalar_type(), "envelope_downsample_backward_cpu", [&] {
-    const scalar_t* g = grad_envelope.data_ptr<scalar_t>();
-    const scalar_t* z = analytic.data_ptr<scalar_t>();
-    scalar_t* gz = grad_analytic.data_ptr<scalar_t>();
-    run_block_workers(rows, [&](const auto& take) {
-      auto grad_phase = at::empty({poly.blocks, poly.phases}, analytic.options());
-      auto grad_magnitude = at::empty({poly.blocks, stride}, analytic.options());
-      for (int64_t row = take(); row < rows; row = take())
-        downsample_row_backward(z + row * length * 2, length, poly, g + row * n_frames, n_frames,
-                                grad_phase, grad_magnitude, gz + row * length * 2);
-    });
-  });
-  return grad_analytic;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The whole op on the CPU: stage A (band of the spectrum times the filter, complex inverse FFT)
 // and stage B for one block of (clip, group of adjacent channels) at a time, the blocks handed out
@@ -194,7 +137,10 @@ ChannelGroups channel_groups(const at::Tensor& bands, int64_t n_bins) {
   return groups;
 }
 
-void check_whole_op_args(const at::Tensor& spectrum, const at::Tensor& filters, int64_t length) {
+// The checks both directions share (the backward reads n_frames from its gradient).
+void check_whole_op_args(const at::Tensor& spectrum, const at::Tensor& filters,
+                         const at::Tensor& bands, const at::Tensor& taps, int64_t length,
+                         int64_t stride, int64_t n_frames) {
   TORCH_CHECK(spectrum.device().is_cpu() && filters.device().is_cpu(),
               "the CPU cochleagram needs CPU tensors");
   TORCH_CHECK(spectrum.is_complex() && spectrum.dim() == 2 && spectrum.is_contiguous(),
@@ -205,6 +151,12 @@ void check_whole_op_args(const at::Tensor& spectrum, const at::Tensor& filters, 
   TORCH_CHECK(spectrum.size(1) == filters.size(1) && spectrum.size(1) == length / 2 + 1,
               "spectrum and filters must hold the length // 2 + 1 bins of a length-", length,
               " signal");
+  TORCH_CHECK(bands.dim() == 2 && bands.size(0) == filters.size(0),
+              "bands and filters disagree on the channels");
+  TORCH_CHECK(taps.dim() == 1 && taps.is_contiguous() && taps.scalar_type() == filters.scalar_type(),
+              "taps must be a contiguous 1-D tensor of the filters' dtype");
+  TORCH_CHECK(stride >= 1 && n_frames >= 1 && (n_frames - 1) * stride + taps.size(0) <= length,
+              "the last downsampling window runs past the end of the signal");
 }
 
 // Per worker: the band buffer (complex [group, length], zero outside the band last written), the
@@ -248,14 +200,9 @@ std::vector<at::Tensor> cochleagram_forward_cpu(const at::Tensor& spectrum,
                                                 const at::Tensor& taps, int64_t length,
                                                 int64_t stride, int64_t n_frames, double power,
                                                 double offset, bool compress) {
-  check_whole_op_args(spectrum, filters, length);
-  TORCH_CHECK(taps.dim() == 1 && taps.is_contiguous() && taps.scalar_type() == filters.scalar_type(),
-              "taps must be a contiguous 1-D tensor of the filters' dtype");
-  TORCH_CHECK(stride >= 1 && n_frames >= 1 && (n_frames - 1) * stride + taps.size(0) <= length,
-              "the last downsampling window runs past the end of the signal");
+  check_whole_op_args(spectrum, filters, bands, taps, length, stride, n_frames);
   const int64_t rows = spectrum.size(0), n_bins = spectrum.size(1);
   const ChannelGroups groups = channel_groups(bands, n_bins);
-  TORCH_CHECK(groups.channels == filters.size(0), "bands and filters disagree on the channels");
   const Polyphase poly = polyphase_taps(taps, stride, n_frames);
   auto out = at::empty({rows, groups.channels, n_frames}, filters.options());
   auto envelope = at::empty({rows, groups.channels, n_frames}, filters.options());
@@ -290,19 +237,15 @@ std::vector<at::Tensor> cochleagram_forward_cpu(const at::Tensor& spectrum,
 at::Tensor cochleagram_backward_cpu(const at::Tensor& grad_envelope, const at::Tensor& spectrum,
                                     const at::Tensor& filters, const at::Tensor& bands,
                                     const at::Tensor& taps, int64_t length, int64_t stride) {
-  check_whole_op_args(spectrum, filters, length);
-  const int64_t rows = spectrum.size(0), n_bins = spectrum.size(1);
-  const ChannelGroups groups = channel_groups(bands, n_bins);
-  TORCH_CHECK(groups.channels == filters.size(0), "bands and filters disagree on the channels");
   TORCH_CHECK(grad_envelope.dim() == 3 && grad_envelope.is_contiguous() &&
-                  grad_envelope.size(0) == rows && grad_envelope.size(1) == groups.channels &&
+                  grad_envelope.size(0) == spectrum.size(0) &&
+                  grad_envelope.size(1) == filters.size(0) &&
                   grad_envelope.scalar_type() == filters.scalar_type(),
               "grad_envelope must be a contiguous [rows, channels, frames] tensor of the filters' dtype");
   const int64_t n_frames = grad_envelope.size(2);
-  TORCH_CHECK(taps.dim() == 1 && taps.is_contiguous() && taps.scalar_type() == filters.scalar_type(),
-              "taps must be a contiguous 1-D tensor of the filters' dtype");
-  TORCH_CHECK(stride >= 1 && n_frames >= 1 && (n_frames - 1) * stride + taps.size(0) <= length,
-              "the last downsampling window runs past the end of the signal");
+  check_whole_op_args(spectrum, filters, bands, taps, length, stride, n_frames);
+  const int64_t rows = spectrum.size(0), n_bins = spectrum.size(1);
+  const ChannelGroups groups = channel_groups(bands, n_bins);
   const Polyphase poly = polyphase_taps(taps, stride, n_frames);
   // Each block writes the gradient of its group's band to a slot of its own; a second pass sums
   // the slots in a fixed order, so the result does not depend on which thread took which block.

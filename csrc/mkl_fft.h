@@ -54,7 +54,7 @@ template <typename scalar_t>
 class BatchedFft {
  public:
   BatchedFft(int64_t rows, int64_t length, bool forward, double scale)
-      : rows_(rows), length_(length), forward_(forward), scale_(scale) {
+      : length_(length), forward_(forward), scale_(scale) {
     if (!has_mkl_fft()) return;
     const long status = std::is_same_v<scalar_t, double>
                             ? DftiCreateDescriptor_d_1d(&handle_, mkl_dfti::kComplex, long(length))
@@ -91,7 +91,7 @@ class BatchedFft {
 
  private:
   static void check(long status) { TORCH_CHECK(status == 0, "MKL DFT failed (status ", status, ")"); }
-  int64_t rows_, length_;
+  int64_t length_;
   bool forward_;
   double scale_;
   mkl_dfti::Handle handle_ = nullptr;

@@ -33,21 +33,20 @@ _CHUNK_ROWS = {"cpu": 32, "cuda": 2048}
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage B, one implementation per backend; each maps analytic [rows, T, 2] to (out, envelope) and
-# back (contract: topoaudio/ops/cochleagram_torch.py, the plain-torch one).
+# Stage B of the chunked backends (cuda, triton, torch; cpp runs the whole op in C++); each maps
+# analytic [rows, T, 2] to (out, envelope) and back (contract: topoaudio/ops/cochleagram_torch.py).
 
 FUSED_BACKENDS = ("cuda", "triton", "cpp", "torch")
 
 
 def _stage_b(backend: str):
+    """Stage B of the chunked path. The cpp backend has none: it runs the whole op in C++."""
     if backend == "torch":
         return (cochleagram_torch.envelope_downsample_forward,
                 cochleagram_torch.envelope_downsample_backward)
-    if backend in ("cpp", "cuda"):
+    if backend == "cuda":
         ext = dispatch.extension()
-        suffix = "cpu" if backend == "cpp" else "cuda"
-        return (getattr(ext, f"envelope_downsample_forward_{suffix}"),
-                getattr(ext, f"envelope_downsample_backward_{suffix}"))
+        return ext.envelope_downsample_forward_cuda, ext.envelope_downsample_backward_cuda
     if backend == "triton":
         from topoaudio.kernels import cochleagram as triton_kernels
         return triton_kernels.envelope_downsample_forward, triton_kernels.envelope_downsample_backward
