@@ -287,9 +287,9 @@ def load_trained(path, clip_samples: int = 40000) -> tuple[torch.nn.Module, dict
     if not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} holds no model weights")
     tasks = recorded_tasks(state, path)
-    heads = {"n_classes": _n_classes(state["model"], path)} if tasks is None else {"tasks": tasks}
+    n_classes = _n_classes(state["model"], path) if tasks is None else None
     try:
-        model = build_model(config["model"], **heads)
+        model = build_model(config["model"], n_classes=n_classes, tasks=tasks)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} names a model this version cannot build: {error}") from None
     try:

@@ -1,7 +1,9 @@
-"""The `topoaudio` console script: `topoaudio evaluate ...`, `topoaudio demo ...`."""
+"""The `topoaudio` console script: `topoaudio evaluate ...`, `topoaudio demo ...`,
+`topoaudio readout ...`."""
 import sys
 
-COMMANDS = {"evaluate": "topoaudio.evaluate", "demo": "topoaudio.demo"}
+COMMANDS = {"evaluate": "topoaudio.evaluate", "demo": "topoaudio.demo",
+            "readout": "topoaudio.readout"}
 
 
 def main(argv=None) -> None:

@@ -85,9 +85,10 @@ def scene_demo(out: str, backend: str = "auto", count: int = 6) -> str:
         name = f"scene_{index}_{plan['category_name']}"
         soundfile.write(os.path.join(out, f"{name}.wav"), waveform.numpy(), SR, subtype="FLOAT")
         coch = cochleagram(waveform, backend=backend)
-        save_figure(waveform.numpy(), coch.numpy(), os.path.join(out, f"{name}.png"), describe(plan))
+        description = describe(plan)
+        save_figure(waveform.numpy(), coch.numpy(), os.path.join(out, f"{name}.png"), description)
         labels.append({"wav": f"{name}.wav", "png": f"{name}.png", "target": target,
-                       "description": describe(plan), "plan": plan})
+                       "description": description, "plan": plan})
     path = os.path.join(out, "labels.json")
     with open(path, "w") as handle:
         json.dump({"tasks": dataset.tasks, "clips": labels}, handle, indent=1)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from topoaudio.evaluate import OneLineParser
+
 PROG = "topoaudio readout"
 DATASETS = ("esc50", "nsynth", "speech_commands", "scenes")
 # absolute penalties on the summed squared error of standardised features (sklearn's alpha)
@@ -248,13 +250,6 @@ def run(checkpoint_path: str, dataset: str, data_root: str = "", layer: str | No
 
 
 # --- command line ------------------------------------------------------------------------------------
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, like every other error of the command."""
-
-    def error(self, message):
-        sys.exit(f"{self.prog}: {message} (see --help)")
-
 
 def _positive(kind):
     def convert(text):

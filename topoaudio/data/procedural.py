@@ -365,8 +365,13 @@ def synthesise(class_index: int, rng: np.random.Generator, sr: int = 20000, n: i
     power = np.mean(sound ** 2)
     snr_db = rng.uniform(6, 30)
     sound = sound + _coloured_noise(rng, n, rng.uniform(0, 2)) * np.sqrt(power * 10 ** (-snr_db / 10))
-    sound -= sound.mean()
-    return sound * (TARGET_RMS / (np.sqrt(np.mean(sound ** 2)) + 1e-12))
+    return demeaned_at_target_rms(sound)
+
+
+def demeaned_at_target_rms(x: np.ndarray) -> np.ndarray:
+    """x with its mean removed, scaled to RMS TARGET_RMS: how every synthesised clip ends."""
+    x = x - x.mean()
+    return x * (TARGET_RMS / (np.sqrt(np.mean(x ** 2)) + 1e-12))
 
 
 class ProceduralSounds(torch.utils.data.Dataset):

@@ -19,7 +19,7 @@ import torch
 from scipy.signal import lfilter
 
 from . import music, speech
-from .procedural import TARGET_RMS, _hiss, _impacts, _modulated_noise, _rumble, _unit_rms
+from .procedural import _hiss, _impacts, _modulated_noise, _rumble, _unit_rms, demeaned_at_target_rms
 
 CATEGORIES = ("speech", "music", "environment")
 SPLITS = ("train", "validation")
@@ -187,6 +187,5 @@ class SpeechMusicScenes(torch.utils.data.Dataset):
         foreground, background = (_unit_rms(self._render(plan[p])) for p in ("foreground", "background"))
         mix = foreground + background * 10 ** (-plan["snr_db"] / 20)
         mix = lfilter([1.0, -plan["tilt"]], [1.0], mix)  # microphone tilt, up to +-15 dB DC to Nyquist
-        mix -= mix.mean()
-        mix *= TARGET_RMS / (np.sqrt(np.mean(mix ** 2)) + 1e-12)
+        mix = demeaned_at_target_rms(mix)
         return torch.from_numpy(mix.astype(np.float32)), self.target(plan)
