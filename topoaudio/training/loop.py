@@ -31,7 +31,7 @@ from .divergence import (
     first_non_finite_state,
     state_is_finite,
 )
-from .objective import Objective, accuracy, correct_and_labelled, labels_to
+from .objective import Objective, accuracy, correct_and_labelled, fractions, labels_to
 from .topography import TopographicLosses
 
 
@@ -135,7 +135,7 @@ def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32,
             correct[task] = correct.get(task, 0) + batch_correct[task]
             labelled[task] = labelled.get(task, 0) + batch_labelled[task]
     model.train(was_training)
-    result = {task: correct[task] / labelled[task] if labelled[task] else None for task in correct}
+    result = fractions(correct, labelled)
     return result[None] if list(result) == [None] else result
 
 
@@ -308,8 +308,9 @@ def _per_task_losses(terms: dict, batch_accuracy) -> dict:
     clip of the batch logs None, like its accuracy, rather than the 0 it adds to the loss."""
     if not terms:
         return {}
-    return {"task_losses": {task: None if batch_accuracy[task] is None else float(term.detach())
-                            for task, term in terms.items()}}
+    values = torch.stack([term.detach().float() for term in terms.values()]).tolist()  # one sync
+    return {"task_losses": {task: None if batch_accuracy[task] is None else value
+                            for task, value in zip(terms, values, strict=True)}}
 
 
 def _short(batch_accuracy) -> str:

@@ -74,19 +74,25 @@ def accuracy(logits, labels):
     labels, or None when it labels none}."""
     if not isinstance(logits, dict):
         return float((logits.argmax(dim=1) == labels).float().mean())
-    correct, labelled = correct_and_labelled(logits, labels)
-    return {task: correct[task] / labelled[task] if labelled[task] else None for task in logits}
+    return fractions(*correct_and_labelled(logits, labels))
+
+
+def fractions(correct: dict, labelled: dict) -> dict:
+    """{task: correct / labelled, or None where nothing was labelled}."""
+    return {task: correct[task] / labelled[task] if labelled[task] else None for task in correct}
 
 
 def correct_and_labelled(logits: dict, labels: dict) -> tuple[dict, dict]:
-    """({task: correct predictions}, {task: labelled clips}) for the tasks of `logits`."""
-    correct, labelled = {}, {}
+    """({task: correct predictions}, {task: labelled clips}) for the tasks of `logits`, read from
+    the device in one transfer."""
+    counts = []
     for task, task_logits in logits.items():
         target = labels[task].to(task_logits.device)
         mask = target != UNLABELLED
-        correct[task] = int(((task_logits.argmax(dim=1) == target) & mask).sum())
-        labelled[task] = int(mask.sum())
-    return correct, labelled
+        counts += [((task_logits.argmax(dim=1) == target) & mask).sum(), mask.sum()]
+    values = torch.stack(counts).tolist()
+    return (dict(zip(logits, values[0::2], strict=True)),
+            dict(zip(logits, values[1::2], strict=True)))
 
 
 def labels_to(labels, device):
