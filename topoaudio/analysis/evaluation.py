@@ -115,8 +115,9 @@ def _maps(responses: dict, layer: str, sheet, categories) -> dict:
     bands = frequency_bands(sheet)
     return {
         "tonotopy": tonotopy,
-        # a channels sheet builds in no frequency axis: its map is measured as is
-        "tonotopy_within_band": tonotopy.double() if bands is None else within_band(tonotopy, bands),
+        # a channels sheet builds in no frequency axis: its map is the tonotopy map itself (the same
+        # tensor, so _condition_layers measures it once)
+        "tonotopy_within_band": tonotopy if bands is None else within_band(tonotopy, bands),
         "am_rate": torch.log2(best_rate(responses["am"][layer], AM_RATES)),
         "music_vs_speech": selectivity(responses["natural"][layer], categories, set(MUSIC), set(SPEECH)),
     }
@@ -135,10 +136,13 @@ def _condition_layers(responses: dict, sheets: dict, natsound: NatSound165, shuf
         maps = _maps(responses, layer, sheet, natsound.categories)
         layer_metrics: dict = {"n_units": sheet.n_units,
                                "within_band": "frequency rows" if sheet.kind == "channel_freq" else "none"}
+        measured = {}  # id(map) -> its statistics: a map that is another's tensor is measured once
         for name, values in maps.items():
             progress.set_postfix_str(f"{condition} {layer} {name}")
-            scalars, full = _map_statistics(values, positions, shuffles, permutations, seed)
-            layer_metrics[name] = scalars
+            if id(values) not in measured:
+                measured[id(values)] = _map_statistics(values, positions, shuffles, permutations, seed)
+            scalars, full = measured[id(values)]
+            layer_metrics[name] = dict(scalars)
             if figures is not None and full is not None:
                 _draw(values, positions, full, name, layer, *figures)
             progress.update()
