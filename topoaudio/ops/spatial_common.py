@@ -123,6 +123,16 @@ class TensorCache:
 SHEET_CACHE = TensorCache()
 
 
+def positions_on(positions: torch.Tensor, device) -> torch.Tensor:
+    """`positions` on `device`, copied once per tensor and in-place version (SHEET_CACHE): the same
+    tensor every step, so the per-sheet constants cached on it (lattice, Morton order, W row sums)
+    are not rebuilt from a fresh copy each step, and no host-to-device copy runs per step."""
+    device = torch.device(device)
+    if positions.device == device:
+        return positions
+    return SHEET_CACHE.get(positions, ("on", device), lambda: positions.to(device))
+
+
 def compute_dtype(features: torch.Tensor) -> torch.dtype:
     """float16/bfloat16 responses are accumulated in float32; float64 stays float64."""
     return torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -255,8 +265,7 @@ def loss_and_grad_from_sums(sums: list[float], kind: str,
     """loss_from_sums on Python floats (the same float64 arithmetic, without a tensor op per
     scalar) and its gradient with respect to the sums (r, r^2, w r, |r - w|). For sums already on
     the host (the CPU path), where one small op per scalar would cost more than the kernels."""
-    count, _, w2, r, r2, wr, abs_diff = sums
-    w = sums[1]
+    count, w, w2, r, r2, wr, abs_diff = sums
     if kind == "absolute":
         return abs_diff / count, (0.0, 0.0, 0.0, 1.0 / count)
     rel_tol = variance_rel_tol(dtype)

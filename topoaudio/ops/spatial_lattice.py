@@ -215,15 +215,20 @@ def _fit_axis(values: torch.Tensor, gap: float | None, tolerance: float, padded_
                        f"sites (smallest gap {gap:.3g} mm{fit}; tolerance {tolerance:.3g} mm)")
 
 
+def _relative_and_tolerance(positions: torch.Tensor):
+    """(origin [2], positions - origin [N, 2] in float64 on the host, the rounding allowed:
+    TOLERANCE_EPS x eps(positions.dtype) x the largest |coordinate|), for detect and on_lattice."""
+    p = positions.detach().to(device="cpu", dtype=torch.float64)
+    origin = p.min(dim=0).values
+    largest = float(p.abs().max())
+    return origin, p - origin, TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(largest, 1e-30)
+
+
 def detect(positions: torch.Tensor) -> Lattice:
     """The coarsest lattice (per-axis spacing, origin at the smallest coordinates) holding every
     position up to TOLERANCE_EPS x eps(positions.dtype) x the largest |coordinate|; NotOnLattice
     (with the reason) when there is none or its padded grid exceeds MAX_PADDED_SITES."""
-    p = positions.detach().to(device="cpu", dtype=torch.float64)
-    origin = p.min(dim=0).values
-    relative = p - origin
-    largest = float(p.abs().max())
-    tolerance = TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(largest, 1e-30)
+    origin, relative, tolerance = _relative_and_tolerance(positions)
     columns, spacing = [], []
     budget = MAX_PADDED_SITES
     for axis in (0, 1):
@@ -256,8 +261,6 @@ def lattice_of(positions: torch.Tensor) -> Lattice | NotOnLattice:
 def on_lattice(positions: torch.Tensor, spacing: float) -> bool:
     """Whether every position is origin + integer multiples of `spacing` on both axes (up to the
     rounding detect allows): for sheets checking the lattice they record."""
-    p = positions.detach().to(torch.float64)
-    relative = p - p.min(dim=0).values
-    tolerance = TOLERANCE_EPS * torch.finfo(positions.dtype).eps * max(float(p.abs().max()), 1e-30)
+    _, relative, tolerance = _relative_and_tolerance(positions)
     steps = relative / spacing
     return bool(((steps - torch.round(steps)).abs() * spacing <= tolerance).all())

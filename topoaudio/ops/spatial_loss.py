@@ -30,6 +30,7 @@ from .spatial_common import (
     has_pair_within,
     loss_and_grad_from_sums,
     loss_from_sums,
+    positions_on,
     power_of_two_above,
     spatial_settings,
     unit_vectors,
@@ -75,12 +76,12 @@ def _all_pairs_sums(z, positions, weighted_sum):
     return sums, wz
 
 
-def _lattice_weighted_sum(positions: torch.Tensor):
-    """The FFT product of the lattice positions lie on (found once per tensor), or ValueError."""
+def _required_lattice(positions: torch.Tensor) -> spatial_lattice.Lattice:
+    """The lattice positions lie on (found once per tensor), or ValueError for lattice=True."""
     found = spatial_lattice.lattice_of(positions)
     if isinstance(found, spatial_lattice.NotOnLattice):
         raise ValueError(f"lattice=True: {found}")
-    return found.weighted_sum
+    return found
 
 
 @torch.library.custom_op("topoaudio::spatial_pair_sums", mutates_args=())
@@ -91,7 +92,7 @@ def _pair_sums_op(z: torch.Tensor, positions: torch.Tensor, radius: float, all_p
     weighted_sum, pair_sums, _ = _primitives(backend)
     if all_pairs:
         if lattice:
-            weighted_sum = _lattice_weighted_sum(positions)
+            weighted_sum = _required_lattice(positions).weighted_sum
         return _all_pairs_sums(z, positions, weighted_sum)
     return pair_sums(z, positions, radius), z.new_empty(0)
 
@@ -230,13 +231,11 @@ class _Sheet:
             self.inverse = torch.argsort(self.order)
             p = p[self.order].contiguous()
         self.positions = p
-        self.n_units = p.shape[0]
         self.lattice = None
         if lattice is not False:
             # detected on the caller's positions: their dtype's rounding sets the tolerance
-            found = spatial_lattice.lattice_of(positions)
-            if lattice and isinstance(found, spatial_lattice.NotOnLattice):
-                raise ValueError(f"lattice=True: {found}")
+            found = (_required_lattice(positions) if lattice
+                     else spatial_lattice.lattice_of(positions))
             if lattice or (isinstance(found, spatial_lattice.Lattice) and found.cheaper_than_tiles()):
                 self.lattice = found
                 # the registered op finds it again from the positions it is given
@@ -291,8 +290,9 @@ class _CpuSpatialLoss(torch.autograd.Function):
             if backend not in sheet.w_totals:  # positions alone fix W: once per sheet
                 totals = (w_rows.double().sum().item(), w2_rows.double().sum().item())
                 sheet.w_totals[backend] = tuple((t - n_units) / 2 for t in totals)
-            # float64 from here (the registered-op path converts the same quantities): s, the
-            # B x B Gram, |z_i|^2, and the backward's algebra
+            # float64 from here: s, the B x B Gram, |z_i|^2 and the backward's algebra (the
+            # registered-op path forms s and the Gram in z's dtype and converts them: the two
+            # paths agree to that rounding, not bit for bit)
             z64 = z.to(f64)
             wz64 = wz.to(f64)
             s = z64.sum(dim=0)
@@ -370,7 +370,6 @@ class SpatialLoss(nn.Module):
         self.sheet, self.weight = sheet, finite_number("weight", weight)
         self.backend = backend_name(backend)
         self.lattice = _lattice_option(lattice)
-        self._device_positions = None  # (source tensor, its version, device copy)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         responses = (self.sheet.responses(activations) if hasattr(self.sheet, "responses")
@@ -380,15 +379,7 @@ class SpatialLoss(nn.Module):
                                           eps=self.eps, backend=self.backend, lattice=self.lattice)
 
     def _positions_on(self, device: torch.device) -> torch.Tensor:
-        """The sheet's positions on `device`, copied once while they do not change: a new copy
-        each step would be a new tensor to the per-sheet cache (lattice, constants) every step."""
         source = self.sheet.positions
         if not isinstance(source, torch.Tensor):
             return torch.as_tensor(source, device=device)
-        cached = self._device_positions
-        if (cached is not None and cached[0] is source and cached[1] == source._version
-                and cached[2].device == torch.device(device)):
-            return cached[2]
-        copy = source.to(device)
-        self._device_positions = (source, source._version, copy)
-        return copy
+        return positions_on(source, device)

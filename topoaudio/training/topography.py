@@ -22,6 +22,7 @@ from torch import nn
 
 from topoaudio.checkpoint import sheets_for
 from topoaudio.ops import spatial_loss
+from topoaudio.ops.spatial_common import positions_on
 from topoaudio.sheet import CorticalSheet
 from topoaudio.topoloss import TopoLoss, tau_schedule
 
@@ -118,7 +119,6 @@ class TopographicLosses:
         self.sheets: dict[str, CorticalSheet] = {}
         self.topoloss = None
         self.neighbourhood_sizes: dict[str, int] = {}
-        self._device_positions: dict = {}
         if config.topo == "none":
             self.layers: list[str] = []
             return
@@ -162,7 +162,7 @@ class TopographicLosses:
                 total = total + terms[layer]
                 continue
             responses = sheet.responses(features[layer])
-            positions = self._positions_on(layer, responses.device)
+            positions = positions_on(sheet.positions, responses.device)
             if config.neighbourhood > 0:
                 value = config.alpha * weight * self._sampled_loss(responses, positions, layer, step)
             else:
@@ -171,15 +171,6 @@ class TopographicLosses:
             terms[layer] = value.detach()
             total = total + value
         return total, terms
-
-    def _positions_on(self, layer: str, device: torch.device) -> torch.Tensor:
-        """The sheet's positions on `device`, copied once: the same tensor every step, so the
-        ops' per-sheet cache (Morton order, lattice, W row sums) is not rebuilt each step on a
-        GPU, and no host-to-device copy runs per step."""
-        key = (layer, torch.device(device))
-        if key not in self._device_positions:
-            self._device_positions[key] = self.sheets[layer].positions.to(device)
-        return self._device_positions[key]
 
     def _weights(self) -> list[float]:
         return list(self.config.layer_weights) or [1.0] * len(self.config.topo_layers)
@@ -219,13 +210,15 @@ class TopographicLosses:
             else:
                 index = nearest_neighbourhood(sheet_positions.cpu(), config.neighbourhood, generator)
             index = index.to(responses.device)
-            values.append(spatial_loss(responses[:, index], positions[index], kind=config.spatial_kind))
+            # a new positions tensor every draw: nothing cached on it would be used again, so no
+            # lattice detection (the tiles, exact for any positions)
+            values.append(spatial_loss(responses[:, index], positions[index], kind=config.spatial_kind,
+                                       lattice=False))
         return torch.stack(values).mean() if len(values) > 1 else values[0]
 
     def state_dict(self) -> dict:
         return {layer: sheet.state_dict() for layer, sheet in self.sheets.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._device_positions.clear()
         for layer, sheet_state in state.items():
             self.sheets[layer] = CorticalSheet.from_state_dict(sheet_state)
