@@ -43,3 +43,33 @@ def test_unknown_names_are_clear_errors():
             pass
     with pytest.raises(ValueError, match="heads"):
         CochResNet50({})
+
+
+def _pooled_logits(model, waveform, reduce):
+    """The head applied to block4's channels reduced by `reduce` over (frequency, time)."""
+    with tapped(model, ["block4"]) as features:
+        model(waveform)
+    return model.head(reduce(features["block4"]))
+
+
+def test_cochcnn_heads_read_the_maximum_and_old_checkpoints_the_mean():
+    torch.manual_seed(0)
+    model = CochCNN(4).eval()
+    waveform = 0.1 * torch.randn(2, 40000)
+    with torch.no_grad():
+        assert model.pooling == "max" and bool(model.state_dict()["max_pooling"])
+        peak = _pooled_logits(model, waveform, lambda f: f.amax(dim=(2, 3)))
+        torch.testing.assert_close(model(waveform), peak)
+        # A checkpoint written before the option (no flag) loads with the mean it was trained with.
+        old = {k: v for k, v in model.state_dict().items() if k != "max_pooling"}
+        legacy = CochCNN(4).eval()
+        legacy.load_state_dict(old)
+        assert legacy.pooling == "mean"
+        mean = _pooled_logits(model, waveform, lambda f: f.mean(dim=(2, 3)))
+        torch.testing.assert_close(legacy(waveform), mean)
+        # ... and the flag round-trips.
+        again = CochCNN(4).eval()
+        again.load_state_dict(legacy.state_dict())
+        assert again.pooling == "mean"
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        CochCNN(4, pooling="median")

@@ -7,6 +7,8 @@ from torch import nn
 from .frontend import CochlearFrontend
 from .heads import task_sizes
 
+POOLINGS = ("max", "mean")
+
 
 def _block(c_in, c_out, kernel, stride, pool):
     layers = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
@@ -18,7 +20,9 @@ def _block(c_in, c_out, kernel, stride, pool):
 
 class CochCNN(nn.Module):
     """waveform [B, 40000] -> logits [B, n] (heads = n: one head) or {task: logits [B, n_task]}
-    (heads = {task: n_task}: one linear head per task on the same pooled features). Taps (feature
+    (heads = {task: n_task}: one linear head per task on the same pooled features). The heads read
+    each block4 channel's maximum over frequency and time (pooling="max", the default) or its mean
+    (pooling="mean", the only pooling before the speech/music scenes). Taps (feature
     maps [B, C, F, T] for a 2 s clip, F and T the cochleagram's 211 x 390 reduced): block1
     [B, 24, 53, 97], block2 [B, 48, 27, 49], block3 [B, 96, 13, 24], block4 [B, 128, 13, 24].
     About 0.15 GMAC per clip: the cochleagram costs as much as the network, and a training step at
@@ -26,9 +30,17 @@ class CochCNN(nn.Module):
 
     tap_names = ("block1", "block2", "block3", "block4")
 
-    def __init__(self, heads: int | dict[str, int], width: int = 24):
+    def __init__(self, heads: int | dict[str, int], width: int = 24, pooling: str = "max"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.tasks = task_sizes(heads)  # None: one head
+        # Why max: a scene's word fills ~0.4 s of 2 s. Averaged over the clip it is diluted five-fold
+        # by the background, and a 50-word task stayed at chance for 800 steps
+        # (docs/run_logs/scenes-trials/word_only); the maximum keeps the moment the word sounds.
+        # A buffer, so the checkpoint records the pooling; _load_from_state_dict reads it back.
+        self.pooling = pooling
+        self.register_buffer("max_pooling", torch.tensor(pooling == "max"))
         self.frontend = CochlearFrontend()
         self.block1 = _block(1, width, 7, 2, pool=True)
         self.block2 = _block(width, 2 * width, 5, 2, pool=False)
@@ -41,7 +53,16 @@ class CochCNN(nn.Module):
 
     def forward(self, waveform: torch.Tensor):
         x = self.frontend(waveform)
-        pooled = self.block4(self.block3(self.block2(self.block1(x)))).mean(dim=(2, 3))
+        features = self.block4(self.block3(self.block2(self.block1(x))))
+        pooled = features.amax(dim=(2, 3)) if self.pooling == "max" else features.mean(dim=(2, 3))
         if self.tasks is None:
             return self.head(pooled)
         return {task: head(pooled) for task, head in self.heads.items()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the pooling option hold no flag: their heads read the mean.
+        key = prefix + "max_pooling"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(False)
+        self.pooling = "max" if bool(state_dict[key]) else "mean"
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
