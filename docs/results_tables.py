@@ -2,78 +2,130 @@
 
     python docs/results_tables.py eval/metrics.json > tables.md
 
-Per run: the measures of every layer. Spatial vs none: mean ± sd per group, Welch t written as
-(spatial - none) / se, its p, and Holm's step-down adjustment of those p over the rows of this
-table (the evaluate command's report adjusts over all of its measures, a larger family).
+Every number on the page comes from that file: task accuracy, the primary family (Moran's I of the
+within-band tonotopy, AM-rate and music/speech maps per layer) for the trained model and its two
+controls, each setting against `none` (Welch t, p, Holm p over the primary family as the evaluate
+command computes them), equivalence tests for accuracy and component R², and R² beside the untrained
+network and the time-averaged cochleagram.
 """
 import json
 import sys
 
-from topoaudio.analysis.evaluation import holm
-
-MEASURES = [  # (summary key suffix, label)
-    ("tonotopy/smoothness", "tonotopy smoothness"),
-    ("tonotopy/morans_i", "tonotopy Moran's I"),
-    ("am_rate/smoothness", "AM smoothness"),
-    ("am_rate/morans_i", "AM Moran's I"),
-    ("music_vs_speech/smoothness", "music/speech smoothness"),
-    ("music_vs_speech/morans_i", "music/speech Moran's I"),
-    ("music_patches", "music patches"),
-    ("speech_patches", "speech patches"),
-    ("r2_speech", "R² speech component"),
-    ("r2_music", "R² music component"),
-    ("r2_lowfreq", "R² low-frequency component"),
-]
+SETTINGS_ORDER = ("none", "spatial", "topoloss")
+PRIMARY_MAPS = ("tonotopy_within_band", "am_rate", "music_vs_speech")
+COMPONENTS = ("speech", "music", "lowfreq", "highfreq", "pitch", "envsounds")
 
 
-def per_run_table(runs) -> str:
-    lines = ["| topo | seed | layer | tonotopy smooth. | AM smooth. | music/speech smooth. | null 97.5 % "
-             "| Moran's I (BF) | Moran's I (t) | music / speech patches | R² speech | R² music | RSA |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def fmt(x, spec: str) -> str:
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def ordered(runs) -> list:
+    rank = {name: i for i, name in enumerate(SETTINGS_ORDER)}
+    return sorted(runs, key=lambda run: (rank.get(run["topo"], len(rank)), run["seed"]))
+
+
+def accuracy_table(runs) -> str:
+    tasks = [t for t in (runs[0].get("val_accuracy") or {}) if any(r["val_accuracy"].get(t) is not None
+                                                                    for r in runs)]
+    lines = ["| setting | seed | sheet | " + " | ".join(tasks) + " |",
+             "|---|---:|---|" + "---:|" * len(tasks)]
     for run in runs:
-        for layer, m in run["layers"].items():
-            ms = m["music_vs_speech"]
-            lines.append(
-                f"| {run['topo']} | {run['seed']} | {layer} | {m['tonotopy']['smoothness']:.3f} "
-                f"| {m['am_rate']['smoothness']:.3f} | {ms['smoothness']:.3f} | {ms['null_interval'][1]:.3f} "
-                f"| {m['tonotopy']['morans_i']:.3f} | {ms['morans_i']:.3f} "
-                f"| {m['music_patches']['count']} / {m['speech_patches']['count']} "
-                f"| {m['component_r2']['speech']:.3f} | {m['component_r2']['music']:.3f} "
-                f"| {m['rsa_components']:.3f} |")
+        cells = [fmt(run["val_accuracy"].get(t), ".3f") for t in tasks]
+        lines.append(f"| {run['topo']} | {run['seed']} | {run.get('sheet')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def comparison_table(summary, layers) -> str:
-    rows = []
-    for layer in layers:
-        for suffix, label in MEASURES:
-            entry = summary.get(f"{layer}/{suffix}")
-            if entry is None or "spatial" not in entry or "none" not in entry:
+def primary_table(runs) -> str:
+    """Moran's I (z, p Holm) of each primary map: trained, untrained twin, shuffled positions."""
+    lines = ["| setting | seed | layer | map | trained I (z) Holm p | untrained I (z) Holm p "
+             "| shuffled positions I (z) Holm p |", "|---|---:|---|---|---:|---:|---:|"]
+    for run in runs:
+        conditions = [run["primary"]] + [run["controls"][c]["primary"]
+                                         for c in ("untrained", "shuffled_positions")]
+        keyed = [{(t["layer"], t["map"]): t for t in tests} for tests in conditions]
+        for test in run["primary"]:
+            cells = []
+            for tests in keyed:
+                t = tests[(test["layer"], test["map"])]
+                cells.append(f"{fmt(t['morans_i'], '.3f')} ({fmt(t['z'], '.1f')}) {fmt(t['p_holm'], '.3g')}")
+            lines.append(f"| {run['topo']} | {run['seed']} | {test['layer']} | {test['map']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _group_cell(entry, group) -> str:
+    g = entry.get(group)
+    return "n/a" if g is None else f"{g['mean']:.3f} ± {g['sd']:.3f}"
+
+
+def comparison_table(summary, layers, family: str = "primary") -> str:
+    """Each setting against none, for the measures of `family` (mean ± sd over seeds)."""
+    lines = ["| layer | measure | none | spatial | topoloss | pair | t | p | Holm p |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for key, entry in summary.items():
+        parts = key.split("/")
+        if entry.get("family") != family or parts[0] not in layers:
+            continue
+        for pair, test in entry.get("comparisons", {}).items():
+            lines.append(f"| {parts[0]} | {'/'.join(parts[1:])} | {_group_cell(entry, 'none')} "
+                         f"| {_group_cell(entry, 'spatial')} | {_group_cell(entry, 'topoloss')} | {pair} "
+                         f"| {fmt(test['welch_t'], '.2f')} | {fmt(test['p'], '.3g')} "
+                         f"| {fmt(test.get('p_holm'), '.3g')} |")
+    return "\n".join(lines)
+
+
+def parity_table(summary) -> str:
+    lines = ["| measure | pair | difference | 90 % interval | margin | TOST p | equivalent |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for key, entry in summary.items():
+        for pair, test in entry.get("comparisons", {}).items():
+            parity = test.get("tost")
+            if parity is None:
                 continue
-            t = entry.get("welch_t")
-            if t is not None and entry.get("compared") == ["none", "spatial"]:
-                t = -t  # the summary's t is (none - spatial); the page shows (spatial - none)
-            rows.append((layer, label, entry["spatial"], entry["none"], t, entry.get("p")))
-    adjusted = holm([row[5] for row in rows])
-    lines = ["| layer | measure | spatial (n = 3) | none (n = 3) | t | p | Holm p |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for (layer, label, spatial, none, t, p), p_holm in zip(rows, adjusted, strict=True):
-        def fmt(x, spec):
-            return "n/a" if x is None else format(x, spec)
-        lines.append(f"| {layer} | {label} | {spatial['mean']:.3f} ± {spatial['sd']:.3f} "
-                     f"| {none['mean']:.3f} ± {none['sd']:.3f} | {fmt(t, '.2f')} | {fmt(p, '.3g')} "
-                     f"| {fmt(p_holm, '.3g')} |")
+            interval = ("n/a" if parity["interval"] is None
+                        else f"{parity['interval'][0]:.3f} to {parity['interval'][1]:.3f}")
+            verdict = {True: "yes", False: "no", None: "n/a"}[parity["equivalent"]]
+            lines.append(f"| {key} | {pair} | {parity['difference']:.3f} | {interval} "
+                         f"| {parity['margin']:.3f} | {fmt(parity['p'], '.3g')} | {verdict} |")
+    return "\n".join(lines)
+
+
+def r2_table(runs, baselines) -> str:
+    """Median component R² per layer: trained (mean over seeds per setting), untrained twins, and
+    the time-averaged cochleagram."""
+    lines = ["| inputs | layer | " + " | ".join(COMPONENTS) + " |", "|---|---|" + "---:|" * len(COMPONENTS)]
+    rows: dict = {}
+    for run in runs:
+        untrained = run["controls"]["untrained"]["layers"]
+        for condition, layers in (("trained", run["layers"]), ("untrained", untrained)):
+            name = f"{run['topo']} ({condition})"
+            for layer, m in layers.items():
+                for c in COMPONENTS:
+                    rows.setdefault((name, layer), {}).setdefault(c, []).append(m["component_r2"][c])
+    for (name, layer), values in rows.items():
+        cells = [fmt(sum(v) / len(v), ".3f") for v in (values[c] for c in COMPONENTS)]
+        lines.append(f"| {name} | {layer} | " + " | ".join(cells) + " |")
+    for name, scores in (baselines or {}).items():
+        lines.append(f"| time-averaged {name} | - | "
+                     + " | ".join(fmt(scores["component_r2"][c], ".3f") for c in COMPONENTS) + " |")
     return "\n".join(lines)
 
 
 def main(path: str) -> None:
     metrics = json.load(open(path))
-    runs = sorted(metrics["runs"], key=lambda run: (run["topo"] != "spatial", run["seed"]))
+    runs = ordered(metrics["runs"])
     layers = list(runs[0]["layers"])
-    print("## Per run\n")
-    print(per_run_table(runs))
-    print("\n## Spatial vs none\n")
+    print("## Task accuracy (validation)\n")
+    print(accuracy_table(runs))
+    print("\n## Primary family per run, with controls\n")
+    print(primary_table(runs))
+    print("\n## Each setting against none: primary family\n")
     print(comparison_table(metrics["summary"], layers))
+    print("\n## Parity (TOST)\n")
+    print(parity_table(metrics["summary"]))
+    print("\n## Component R² (mean over seeds) and baselines\n")
+    print(r2_table(runs, metrics.get("baselines")))
 
 
 if __name__ == "__main__":

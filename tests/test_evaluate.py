@@ -139,13 +139,24 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, natsound165_dir,
     assert set(layer["component_r2"]) == {"lowfreq", "highfreq", "envsounds", "pitch", "speech", "music"}
     assert all(0.0 <= value <= 1.0 for value in layer["component_r2"].values())
     assert -1.0 <= layer["tonotopy"]["morans_i"] <= 1.0
-    comparison = metrics["summary"]["block3/tonotopy/smoothness"]
-    assert comparison["compared"] == ["none", "spatial"] and 0.0 <= comparison["p"] <= 1.0
+    comparison = metrics["summary"]["block3/tonotopy/smoothness"]["comparisons"]["spatial - none"]
+    assert comparison["compared"] == ["spatial", "none"] and 0.0 <= comparison["p"] <= 1.0
     assert comparison["p"] <= comparison["p_holm"] <= 1.0
     from topoaudio.analysis.evaluation import summarise
 
     constant = [{"topo": topo, "layers": metrics["runs"][0]["layers"]} for topo in ("a", "a", "b", "b")]
-    assert summarise(constant)["block2/music_patches"]["welch_t"] is None  # no spread: undefined
+    assert summarise(constant)["block2/music_patches"]["comparisons"]["a - b"]["welch_t"] is None
+    # a third setting is compared with none too, never with spatial; Holm counts every pair
+    three = metrics["runs"] + [dict(run, topo="topoloss") for run in metrics["runs"][::2]]
+    summary = summarise(three)
+    pairs = summary["block3/am_rate/morans_i"]["comparisons"]
+    assert set(pairs) == {"spatial - none", "topoloss - none"}
+    primary = [t for e in summary.values() if e["family"] == "primary" for t in e["comparisons"].values()]
+    assert len(primary) == 2 * 3 * 3  # two pairs x three layers x three primary maps
+    smallest = min(t["p"] for t in primary if t["p"] is not None)
+    assert min(t["p_holm"] for t in primary if t["p"] is not None) == pytest.approx(
+        min(1.0, smallest * sum(t["p"] is not None for t in primary)))
+    assert metrics["baselines"]["cochleagram"]["component_r2"].keys() == layer["component_r2"].keys()
     # controls side by side, dropped (silent) units per map, the primary family Holm-adjusted
     run = metrics["runs"][0]
     assert set(run["controls"]) == {"untrained", "shuffled_positions"}
@@ -158,23 +169,29 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, natsound165_dir,
     assert "component_r2" in run["controls"]["untrained"]["layers"]["block2"]
     assert metrics["summary"]["block3/am_rate/morans_i"]["family"] == "primary"
     assert metrics["summary"]["block3/tonotopy/smoothness"]["family"] == "exploratory"
-    parity = metrics["summary"]["block3/r2_speech"]["tost"]
+    parity = metrics["summary"]["block3/r2_speech"]["comparisons"]["spatial - none"]["tost"]
     assert parity["margin"] == 0.02 and (parity["p"] is None or 0.0 <= parity["p"] <= 1.0)
     report = (tmp_path / "report.md").read_text()
     assert "Welch" in report and "Holm p" in report and "run3/block4_music_vs_speech.png" in report
     assert "Primary measures" in report and "shuffled_positions" in report and "TOST" in report
+    assert "time-averaged cochleagram" in report
     for name in ("tonotopy", "am_rate", "music_vs_speech"):
         png = tmp_path / "run0" / f"block4_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["report"].endswith("report.md")
     # docs/results_tables.py turns the same metrics.json into RESULTS.md's tables
     tables = results_tables()
-    per_run = tables.per_run_table(metrics["runs"])
-    assert per_run.count("| spatial |") == 3 * 2 and per_run.count("| none |") == 3 * 2
+    runs = tables.ordered(metrics["runs"])
+    assert [run["topo"] for run in runs] == ["none", "none", "spatial", "spatial"]
+    primary = tables.primary_table(runs)
+    assert primary.count("| spatial |") == 2 * 3 * 3 and primary.count("| none |") == 2 * 3 * 3
     comparison = tables.comparison_table(metrics["summary"], ["block2", "block3", "block4"])
-    row = next(line for line in comparison.splitlines() if line.startswith("| block3 | tonotopy smoothness"))
-    t_page = float(row.split("|")[5])
-    assert t_page == pytest.approx(-metrics["summary"]["block3/tonotopy/smoothness"]["welch_t"], abs=0.01)
+    row = next(line for line in comparison.splitlines() if line.startswith("| block3 | am_rate/morans_i"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[6] == "spatial - none"
+    test = metrics["summary"]["block3/am_rate/morans_i"]["comparisons"]["spatial - none"]
+    assert cells[7] == tables.fmt(test["welch_t"], ".2f") and cells[9] == tables.fmt(test["p_holm"], ".3g")
+    assert "time-averaged cochleagram" in tables.r2_table(runs, metrics["baselines"])
 
 
 def results_tables():

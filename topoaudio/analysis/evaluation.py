@@ -35,6 +35,7 @@ from topoaudio.brain.stats import ACCURACY_MARGIN, R2_MARGIN, holm, tost
 from topoaudio.checkpoint import load_trained
 from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165, load_natsound165
 from topoaudio.models import tapped
+from topoaudio.models.frontend import CochlearFrontend
 
 TONE_FREQS = log_spaced(50.0, 8000.0, 40)
 AM_RATES = log_spaced(2.0, 256.0, 8)
@@ -221,6 +222,18 @@ def final_val_accuracy(checkpoint_path) -> float | dict | None:
     return accuracy
 
 
+@torch.no_grad()
+def cochleagram_baseline(natsound: NatSound165, batch_size: int = 16) -> dict:
+    """Component R^2 and RSA of each sound's time-averaged cochleagram (211 numbers, the model
+    cochlea's long-term spectrum, no network): the floor a layer has to beat to be said to add
+    anything to brain predictivity."""
+    frontend = CochlearFrontend()
+    spectra = torch.cat([frontend(batch).squeeze(1).mean(dim=-1)
+                         for batch in tqdm(natsound.waveforms.split(batch_size),
+                                           desc="time-averaged cochleagram", leave=False)])
+    return _brain_scores({"cochleagram": spectra}, natsound, " (cochleagram)")["cochleagram"]
+
+
 def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
                         source: str = "", permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
     """Every measurement for one loaded checkpoint (model, sheets, config: checkpoint.load_trained)
@@ -255,14 +268,26 @@ def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="
     return metrics
 
 
+def compared_pairs(groups) -> list[tuple[str, str]]:
+    """(setting, baseline) pairs to test: every setting against "none" when a "none" group exists
+    (the loss's effect is measured against no loss, never setting against setting), else the two
+    groups in name order; none with fewer than two groups or several groups and no "none"."""
+    names = sorted(groups)
+    if "none" in names and len(names) > 1:
+        return [(name, "none") for name in names if name != "none"]
+    return [(names[0], names[1])] if len(names) == 2 else []
+
+
 def summarise(runs: list[dict]) -> dict:
-    """Mean and spread per group (the topo setting) of every scalar of the trained models, and
-    between two groups a Welch test and, for accuracy and component R^2, an equivalence test:
-    {measure: {group: {mean, sd, n}, "welch_t", "p", "p_holm", "family", "tost"}}.
+    """Mean and spread per group (the topo setting) of every scalar of the trained models, and per
+    compared pair (compared_pairs) a Welch test and, for accuracy and component R^2, an equivalence
+    test: {measure: {group: {mean, sd, n}, "family", "comparisons": {"a - b": {"compared": [a, b],
+    "welch_t", "p", "p_holm", "tost"}}}}, t = (a - b) / standard error.
 
     "family" is "primary" for Moran's I of the PRIMARY_MAPS maps and "exploratory" otherwise; p_holm
-    adjusts p within its family (Holm). "tost" (brain.stats.tost, first - second group) uses the
-    margins ACCURACY_MARGIN / R2_MARGIN: parity is claimed from it, never from a large Welch p."""
+    adjusts p within its family over every measure and pair (Holm). "tost" (brain.stats.tost,
+    a - b) uses the margins ACCURACY_MARGIN / R2_MARGIN: parity is claimed from it, never from a
+    large Welch p."""
     from scipy import stats as scipy_stats
 
     groups: dict[str, list[dict]] = {}
@@ -279,22 +304,25 @@ def summarise(runs: list[dict]) -> dict:
         entry = {g: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                      "n": len(v)} for g, v in by_group.items()}
         entry["family"] = "primary" if _is_primary(key) else "exploratory"
-        names = sorted(by_group)
-        if len(names) == 2 and all(len(by_group[g]) >= 2 for g in names):
-            entry["compared"] = names  # t = (first - second) / standard error
-            if any(np.std(by_group[g]) > 0 for g in names):
-                test = scipy_stats.ttest_ind(by_group[names[0]], by_group[names[1]], equal_var=False)
-                entry["welch_t"], entry["p"] = float(test.statistic), float(test.pvalue)
-            else:  # no spread within either group: the t statistic is undefined, not 0
-                entry["welch_t"] = entry["p"] = None
+        entry["comparisons"] = {}
+        for first, second in compared_pairs(by_group):
+            a, b = by_group[first], by_group[second]
+            if len(a) < 2 or len(b) < 2:
+                continue
+            test = {"compared": [first, second], "welch_t": None, "p": None}
+            if np.std(a) > 0 or np.std(b) > 0:  # no spread within either group: t is undefined, not 0
+                welch = scipy_stats.ttest_ind(a, b, equal_var=False)
+                test["welch_t"], test["p"] = float(welch.statistic), float(welch.pvalue)
             margin = _parity_margin(key)
             if margin is not None:
-                entry["tost"] = tost(by_group[names[0]], by_group[names[1]], margin)
+                test["tost"] = tost(a, b, margin)
+            entry["comparisons"][f"{first} - {second}"] = test
         summary[key] = entry
     for family in ("primary", "exploratory"):
-        tested = [key for key, entry in summary.items() if "compared" in entry and entry["family"] == family]
-        for key, p_holm in zip(tested, holm([summary[key]["p"] for key in tested]), strict=True):
-            summary[key]["p_holm"] = p_holm
+        tests = [test for entry in summary.values() if entry["family"] == family
+                 for test in entry["comparisons"].values()]
+        for test, p_holm in zip(tests, holm([test["p"] for test in tests]), strict=True):
+            test["p_holm"] = p_holm
     return summary
 
 
@@ -392,7 +420,7 @@ def _run_lines(index: int, run: dict) -> list[str]:
     return lines
 
 
-def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
+def write_report(out_dir, runs: list[dict], summary: dict, baselines: dict | None = None) -> pathlib.Path:
     """report.md: one section per checkpoint (trained and controls side by side, figures), then the
     group comparison: primary family, equivalence tests, exploratory measures."""
     out = pathlib.Path(out_dir)
@@ -403,6 +431,19 @@ def write_report(out_dir, runs: list[dict], summary: dict) -> pathlib.Path:
              "mean first. Smoothness is >= 0 by definition; Moran's I and the nearest-bin z are signed "
              "(< 0: neighbours less alike than chance). Silent units (no response to the probes) have "
              "no value and are left out of every statistic; their counts are listed.", ""]
+    if baselines:
+        components = list(next(iter(baselines.values()))["component_r2"])
+        lines += ["## Baselines without a trained network", "",
+                  "Median cross-validated R² of each NH2015 component (and RSA) predicted from inputs "
+                  "no training shaped: compare every layer's R² with these and with the untrained "
+                  "control below.", "",
+                  "| baseline | " + " | ".join(f"R² {c}" for c in components) + " | RSA |",
+                  "|---|" + "---:|" * (len(components) + 1)]
+        for name, scores in baselines.items():
+            lines.append(f"| time-averaged {name} | "
+                         + " | ".join(f"{_number(r2, '.3f')}" for r2 in scores["component_r2"].values())
+                         + f" | {_number(scores['rsa_components'], '.3f')} |")
+        lines.append("")
     for index, run in enumerate(runs):
         lines += _run_lines(index, run)
     if len(runs) > 1:
@@ -417,36 +458,40 @@ def _summary_lines(summary: dict) -> list[str]:
         return "; ".join(f"{g}: {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
                          for g, v in entry.items() if isinstance(v, dict) and "mean" in v)
 
+    def tests(family=None, parity=False):
+        for key, entry in summary.items():
+            if family is not None and entry.get("family", "exploratory") != family:
+                continue
+            for pair, test in entry.get("comparisons", {}).items():
+                if not parity or "tost" in test:
+                    yield key, entry, pair, test
+
     lines = []
     for family, title in (("primary", "Primary family (Moran's I of the primary maps)"),
                           ("exploratory", "Exploratory measures")):
-        lines += [f"## Across checkpoints: {title} (mean ± sd; Welch t-test between two groups)", "",
-                  "t = (first group - second group) / standard error; n/a where neither group varies. "
-                  f"Holm p adjusts p over the {family} family only.", "",
-                  "| measure | groups | t | p | Holm p |", "|---|---|---:|---:|---:|"]
-        for key, entry in summary.items():
-            if entry.get("family", "exploratory") != family:
-                continue
-            lines.append(f"| {key} | {groups_of(entry)} | {_number(entry.get('welch_t'), '.2f')} | "
-                         f"{_number(entry.get('p'), '.3g')} | {_number(entry.get('p_holm'), '.3g')} |")
+        lines += [f"## Across checkpoints: {title} (mean ± sd; Welch t-tests against `none`)", "",
+                  "t = (setting - baseline) / standard error; n/a where neither group varies. "
+                  f"Holm p adjusts p over every measure and pair of the {family} family.", "",
+                  "| measure | groups | pair | t | p | Holm p |", "|---|---|---|---:|---:|---:|"]
+        for key, entry, pair, test in tests(family):
+            lines.append(f"| {key} | {groups_of(entry)} | {pair} | {_number(test['welch_t'], '.2f')} | "
+                         f"{_number(test['p'], '.3g')} | {_number(test.get('p_holm'), '.3g')} |")
         lines.append("")
-    equivalence = [(key, entry) for key, entry in summary.items() if "tost" in entry]
+    equivalence = list(tests(parity=True))
     if equivalence:
         lines += ["## Parity: equivalence tests (TOST, Welch)", "",
-                  "Equivalent means: the 90 % interval of the difference (first - second group) lies "
+                  "Equivalent means: the 90 % interval of the difference (setting - baseline) lies "
                   "inside ± margin (TOST p < 0.05); a non-significant Welch test is not evidence of "
                   "parity. n/a: neither group varies, so no test is possible.", "",
                   "| measure | groups | difference | 90 % interval | margin | TOST p | equivalent |",
                   "|---|---|---:|---:|---:|---:|---|"]
-        for key, entry in equivalence:
-            test = entry["tost"]
-            interval = ("n/a" if test["interval"] is None
-                        else f"{test['interval'][0]:.3f} to {test['interval'][1]:.3f}")
-            verdict = {True: "yes", False: "no", None: "n/a"}[test["equivalent"]]
-            first, second = entry["compared"]
-            lines.append(f"| {key} | {groups_of(entry)} | {first} - {second}: {test['difference']:.3f} | "
-                         f"{interval} | "
-                         f"{test['margin']:.3f} | {_number(test['p'], '.3g')} | {verdict} |")
+        for key, entry, pair, test in equivalence:
+            parity = test["tost"]
+            interval = ("n/a" if parity["interval"] is None
+                        else f"{parity['interval'][0]:.3f} to {parity['interval'][1]:.3f}")
+            verdict = {True: "yes", False: "no", None: "n/a"}[parity["equivalent"]]
+            lines.append(f"| {key} | {groups_of(entry)} | {pair}: {parity['difference']:.3f} | "
+                         f"{interval} | {parity['margin']:.3f} | {_number(parity['p'], '.3g')} | {verdict} |")
         lines.append("")
     return lines
 
@@ -515,6 +560,8 @@ def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu",
             for index, (path, model) in enumerate(tqdm(list(zip(paths, trained, strict=True)),
                                                        desc="checkpoints"))]
     summary = summarise(runs)
-    (out / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
-    report = write_report(out, runs, summary)
-    return {"runs": runs, "summary": summary, "report": str(report)}
+    baselines = {"cochleagram": cochleagram_baseline(natsound)}
+    (out / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary, "baselines": baselines},
+                                                 indent=2))
+    report = write_report(out, runs, summary, baselines)
+    return {"runs": runs, "summary": summary, "baselines": baselines, "report": str(report)}
