@@ -1,12 +1,13 @@
 """The tables of docs/RESULTS.md from the metrics.json that `topoaudio evaluate` writes.
 
-    python docs/results_tables.py eval/metrics.json > tables.md
+    python docs/results_tables.py eval/metrics.json [readout/*.json] > tables.md
 
 Every number on the page comes from that file: task accuracy, the primary family (Moran's I of the
 within-band tonotopy, AM-rate and music/speech maps per layer) for the trained model and its two
 controls, each setting against `none` (Welch t, p, Holm p over the primary family as the evaluate
 command computes them), equivalence tests for accuracy and component R², and R² beside the untrained
-network and the time-averaged cochleagram.
+network and the time-averaged cochleagram; with `topoaudio readout --out` files, the linear readout
+of each checkpoint (matched to its run by checkpoint path).
 """
 import json
 import sys
@@ -112,7 +113,23 @@ def r2_table(runs, baselines) -> str:
     return "\n".join(lines)
 
 
-def main(path: str) -> None:
+def readout_table(runs, readouts) -> str:
+    """Held-out accuracy of the linear readout per run and task (chance in the header)."""
+    by_checkpoint = {r["checkpoint"]: r for r in readouts}
+    first = next(iter(by_checkpoint.values()))
+    tasks = [t for t, v in first["results"].items() if "accuracy" in v]
+    chance = " | ".join(f"{t} (chance {first['results'][t]['chance']:.3f})" for t in tasks)
+    lines = [f"| setting | seed | layer | {chance} |", "|---|---:|---|" + "---:|" * len(tasks)]
+    for run in runs:
+        readout = by_checkpoint.get(run["checkpoint"])
+        if readout is None:
+            continue
+        cells = [fmt(readout["results"][t].get("accuracy"), ".3f") for t in tasks]
+        lines.append(f"| {run['topo']} | {run['seed']} | {readout['layer']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(path: str, readout_paths=()) -> None:
     metrics = json.load(open(path))
     runs = ordered(metrics["runs"])
     layers = list(runs[0]["layers"])
@@ -126,7 +143,10 @@ def main(path: str) -> None:
     print(parity_table(metrics["summary"]))
     print("\n## Component R² (mean over seeds) and baselines\n")
     print(r2_table(runs, metrics.get("baselines")))
+    if readout_paths:
+        print("\n## Linear readout of the last layer on held-out scenes\n")
+        print(readout_table(runs, [json.load(open(p)) for p in readout_paths]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
