@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .frontend import CochlearFrontend
-from .heads import task_sizes
+from .heads import apply_heads, build_heads, task_sizes
 
 SAMPLE_RATE = 20000  # the cochleagram's default sr
 # Fixed input standardisation, as AST standardises its filterbank by dataset statistics: the
@@ -125,10 +125,8 @@ class AST(nn.Module):
         self.norm = nn.LayerNorm(width)
         self._init_weights()
         # heads last: they do not change the trunk's initialisation (analysis/controls.untrained_twin)
-        if self.tasks is None:
-            self.head = nn.Linear(width, heads)  # "head", as CochCNN: single-task checkpoints load
-        else:
-            self.heads = nn.ModuleDict({task: nn.Linear(width, n) for task, n in self.tasks.items()})
+        # one head is "head", several are "heads", as CochCNN: the names checkpoints were saved with
+        self.add_module("head" if self.tasks is None else "heads", build_heads(heads, width))
 
     def _block_names(self) -> list[str]:
         return [f"block{i}" for i in range(1, self.depth + 1)]
@@ -159,9 +157,7 @@ class AST(nn.Module):
         for name in self._block_names():
             x = getattr(self, name)(x, grid)
         pooled = self.norm(x).mean(dim=1)
-        if self.tasks is None:
-            return self.head(pooled)
-        return {task: head(pooled) for task, head in self.heads.items()}
+        return apply_heads(self.head if self.tasks is None else self.heads, pooled)
 
 
 class ASTBase(AST):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .frontend import CochlearFrontend
-from .heads import task_sizes
+from .heads import apply_heads, build_heads, task_sizes
 
 POOLINGS = ("max", "mean")
 
@@ -46,18 +46,14 @@ class CochCNN(nn.Module):
         self.block2 = _block(width, 2 * width, 5, 2, pool=False)
         self.block3 = _block(2 * width, 4 * width, 3, 1, pool=True)
         self.block4 = _block(4 * width, 128, 3, 1, pool=False)
-        if self.tasks is None:
-            self.head = nn.Linear(128, heads)  # named "head": single-task checkpoints keep loading
-        else:
-            self.heads = nn.ModuleDict({task: nn.Linear(128, n) for task, n in self.tasks.items()})
+        # one head is "head", several are "heads": the names checkpoints were saved with
+        self.add_module("head" if self.tasks is None else "heads", build_heads(heads, 128))
 
     def forward(self, waveform: torch.Tensor):
         x = self.frontend(waveform)
         features = self.block4(self.block3(self.block2(self.block1(x))))
         pooled = features.amax(dim=(2, 3)) if self.pooling == "max" else features.mean(dim=(2, 3))
-        if self.tasks is None:
-            return self.head(pooled)
-        return {task: head(pooled) for task, head in self.heads.items()}
+        return apply_heads(self.head if self.tasks is None else self.heads, pooled)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the pooling option hold no flag: their heads read the mean.

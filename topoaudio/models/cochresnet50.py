@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .frontend import CochlearFrontend
-from .heads import task_sizes
+from .heads import apply_heads, build_heads, task_sizes
 
 
 class Bottleneck(nn.Module):
@@ -63,13 +63,11 @@ class CochResNet50(nn.Module):
         self.layer3 = _stage(512, 256, 6, 2)
         self.layer4 = _stage(1024, 512, 3, 2)
         # one head is heads["out"], the name single-task checkpoints were saved with
-        sizes = {"out": heads} if self.tasks is None else self.tasks
-        self.heads = nn.ModuleDict({task: nn.Linear(2048, n) for task, n in sizes.items()})
+        self.heads = build_heads({"out": heads} if self.tasks is None else self.tasks, 2048)
 
     def forward(self, waveform: torch.Tensor):
         x = self.maxpool(self.conv1(self.frontend(waveform)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         pooled = x.mean(dim=(2, 3))
-        if self.tasks is None:
-            return self.heads["out"](pooled)
-        return {task: head(pooled) for task, head in self.heads.items()}
+        logits = apply_heads(self.heads, pooled)
+        return logits["out"] if self.tasks is None else logits

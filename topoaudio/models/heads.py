@@ -1,6 +1,10 @@
 """Classification heads: one head of n classes (the model returns a tensor of logits) or one head per
-task (the model returns {task: logits}). Both models check their heads here, so the rules agree."""
+task (the model returns {task: logits}). Every model checks, builds and applies its heads here, so
+the rules agree; each model keeps the attribute its checkpoints were saved under."""
 from __future__ import annotations
+
+import torch
+from torch import nn
 
 
 def task_sizes(heads) -> dict[str, int] | None:
@@ -20,3 +24,21 @@ def task_sizes(heads) -> dict[str, int] | None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"heads: task {task!r} needs a positive class count, got {n!r}")
     return dict(heads)
+
+
+def build_heads(heads, in_features: int) -> nn.Linear | nn.ModuleDict:
+    """nn.Linear(in_features, n) for heads = n; for heads = {task: n_task} an nn.ModuleDict of one
+    nn.Linear(in_features, n_task) per task, built in the dict's order (a seed gives the same
+    weights as before this helper existed)."""
+    tasks = task_sizes(heads)
+    if tasks is None:
+        return nn.Linear(in_features, heads)
+    return nn.ModuleDict({task: nn.Linear(in_features, n) for task, n in tasks.items()})
+
+
+def apply_heads(heads: nn.Linear | nn.ModuleDict, pooled: torch.Tensor):
+    """pooled features [B, in_features] -> logits [B, n] from one head, or {task: logits [B, n_task]}
+    from an nn.ModuleDict of them (as build_heads returns)."""
+    if isinstance(heads, nn.ModuleDict):
+        return {task: head(pooled) for task, head in heads.items()}
+    return heads(pooled)
