@@ -182,18 +182,12 @@ def morans_i(values, positions, weights: str = "inverse_distance", k: int = 8,
     for start in range(0, n_units, rows_per_block):
         rows = all_units[start:start + rows_per_block]
         columns = all_units if max_distance is None else _units_near(positions, rows, max_distance)
-        dx = positions[rows, 0, None] - positions[None, columns, 0]
-        dy = positions[rows, 1, None] - positions[None, columns, 1]
-        distances = torch.hypot(dx, dy)                                   # [rows, columns]
-        if max_distance is not None:
-            distances = distances.masked_fill(distances > max_distance, math.inf)
+        distances = _pair_distances(positions, rows, columns, max_distance)  # [rows, columns]
         if weights == "inverse_distance":
             # d = 0 (itself or a coincident unit) and d = inf (too far) both give weight 0.
             block_weights = torch.where((distances > 0) & distances.isfinite(), 1 / distances, 0.0)
         else:
-            distances = distances.masked_fill(rows[:, None] == columns[None, :], math.inf)
-            n_neighbours = min(k, columns.numel())
-            nearest_distances, nearest = distances.topk(n_neighbours, dim=1, largest=False)
+            nearest_distances, nearest = _nearest_in_block(distances, rows, columns, k)
             block_weights = torch.zeros_like(distances).scatter_(
                 1, nearest, nearest_distances.isfinite().to(distances.dtype))
         cross_product_sum += float((centred[rows] * (block_weights @ centred[columns])).sum())
@@ -415,19 +409,38 @@ def _sample_pairs(positions: torch.Tensor, cell_mm: float, n_pairs: int,
 
 
 def _nearest_neighbours(positions: torch.Tensor, k: int) -> torch.Tensor:
-    """[N, k] indices of each unit's k nearest other units (coincident units included, as in
-    ``morans_i``'s knn weights), in row blocks of about MORAN_BLOCK_ELEMENTS distances."""
+    """[N, k] indices of each unit's k nearest other units (coincident units included), the search
+    ``morans_i``'s knn weights make, in row blocks of about MORAN_BLOCK_ELEMENTS distances."""
     n_units = positions.shape[0]
     rows_per_block = max(1, MORAN_BLOCK_ELEMENTS // n_units)
+    all_units = torch.arange(n_units, device=positions.device)
     blocks = []
     for start in range(0, n_units, rows_per_block):
-        rows = torch.arange(start, min(start + rows_per_block, n_units))
-        # hypot as in morans_i (cdist's matrix-product shortcut could order near ties differently)
-        distances = torch.hypot(positions[rows, 0, None] - positions[None, :, 0],
-                                positions[rows, 1, None] - positions[None, :, 1])
-        distances[torch.arange(rows.numel()), rows] = math.inf
-        blocks.append(distances.topk(k, dim=1, largest=False).indices)
+        rows = all_units[start:start + rows_per_block]
+        distances = _pair_distances(positions, rows, all_units)
+        blocks.append(_nearest_in_block(distances, rows, all_units, k)[1])
     return torch.cat(blocks)
+
+
+def _pair_distances(positions: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                    max_distance: float | None = None) -> torch.Tensor:
+    """[rows, columns] distances between units `rows` and `columns`, inf beyond max_distance.
+
+    hypot of the coordinate differences, not cdist: cdist's matrix-product shortcut rounds
+    differently and could reorder near ties among a unit's nearest neighbours."""
+    distances = torch.hypot(positions[rows, 0, None] - positions[None, columns, 0],
+                            positions[rows, 1, None] - positions[None, columns, 1])
+    if max_distance is not None:
+        distances = distances.masked_fill(distances > max_distance, math.inf)
+    return distances
+
+
+def _nearest_in_block(distances: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                      k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances, indices into `columns`) [rows, min(k, columns)] of each row unit's nearest other
+    units, from its `distances` [rows, columns]; a distance is inf where fewer units are in reach."""
+    distances = distances.masked_fill(rows[:, None] == columns[None, :], math.inf)
+    return distances.topk(min(k, columns.numel()), dim=1, largest=False)
 
 
 def _gaussian_peak(sigma_cells: float) -> float:
