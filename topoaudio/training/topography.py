@@ -22,7 +22,7 @@ from torch import nn
 
 from topoaudio.checkpoint import sheets_for
 from topoaudio.ops import spatial_loss
-from topoaudio.ops.spatial_common import positions_on
+from topoaudio.ops.spatial_common import SHEET_CACHE, positions_on
 from topoaudio.sheet import CorticalSheet
 from topoaudio.topoloss import TopoLoss, tau_schedule
 
@@ -35,10 +35,10 @@ TDANN_SIZE_WINDOWS = 20_000  # how many windows its position script draws
 MAX_REDRAWS = 10_000
 
 
-def _window_bounds(positions: torch.Tensor, width_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_bounds(points: torch.Tensor, width_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) [2] of the window centres: the bounding box shrunk by half a width per side."""
-    low = positions.min(dim=0).values.double() + width_mm / 2
-    high = positions.max(dim=0).values.double() - width_mm / 2
+    low = points.min(dim=0).values + width_mm / 2
+    high = points.max(dim=0).values - width_mm / 2
     if bool((high < low).any()):
         extent = (high - low + width_mm).tolist()
         raise ValueError(f"neighbourhood_width_mm={width_mm} is wider than the sheet "
@@ -46,13 +46,23 @@ def _window_bounds(positions: torch.Tensor, width_mm: float) -> tuple[torch.Tens
     return low, high
 
 
+def _sheet_windows(positions: torch.Tensor, width_mm: float):
+    """(points, low, high): the positions in float64 on the CPU (draws come from a CPU generator
+    on any device) and the window centres' bounds. Once per positions tensor, width and in-place
+    version (SHEET_CACHE): a training step draws several windows from the same sheet, every step."""
+    def compute():
+        points = positions.detach().cpu().double()
+        return (points, *_window_bounds(points, width_mm))
+    return SHEET_CACHE.get(positions, ("tdann windows", float(width_mm)), compute)
+
+
 def _window_centres(low, high, count: int, generator: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(count, 2, generator=generator, dtype=torch.float64)
 
 
-def _in_windows(positions: torch.Tensor, centres: torch.Tensor, width_mm: float) -> torch.Tensor:
-    """[W, N] bool: unit n inside the closed square of side width_mm around centre w."""
-    points = positions.double()
+def _in_windows(points: torch.Tensor, centres: torch.Tensor, width_mm: float) -> torch.Tensor:
+    """[W, N] bool: unit n (points [N, 2] float64) inside the closed square of side width_mm
+    around centre w."""
     # one axis at a time: two [W, N] passes instead of a [W, N, 2] offset tensor
     inside = (points[:, 0][None] - centres[:, :1]).abs_() <= width_mm / 2
     return inside.logical_and_((points[:, 1][None] - centres[:, 1:]).abs_() <= width_mm / 2)
@@ -62,18 +72,17 @@ def tdann_neighbourhood_size(positions: torch.Tensor, width_mm: float, limit: in
                              generator: torch.Generator, windows: int = TDANN_SIZE_WINDOWS) -> int:
     """TDANN's common neighbourhood size for a sheet: min(limit, max(25, int(5th percentile of the
     unit counts of `windows` random windows))). ValueError when that leaves fewer than 2 units."""
-    positions = positions.detach().cpu()  # draws come from a CPU generator on any device
-    low, high = _window_bounds(positions, width_mm)
+    points, low, high = _sheet_windows(positions, width_mm)
     counts = []
     # chunks keep the [windows, N] mask small on large sheets
-    chunk = max(1, 2 ** 22 // max(1, len(positions)))
+    chunk = max(1, 2 ** 22 // max(1, len(points)))
     for start in range(0, windows, chunk):
         centres = _window_centres(low, high, min(chunk, windows - start), generator)
-        counts.append(_in_windows(positions, centres, width_mm).sum(dim=1))
+        counts.append(_in_windows(points, centres, width_mm).sum(dim=1))
     counts = torch.cat(counts).double()
     # numpy's / scipy's default percentile: linear between order statistics
     size = min(limit, max(TDANN_MIN_UNITS, int(torch.quantile(counts, TDANN_SIZE_PERCENTILE / 100))))
-    if size > len(positions) or size > int(counts.max()):
+    if size > len(points) or size > int(counts.max()):
         raise ValueError(f"no {width_mm} mm window holds {size} units (largest: {int(counts.max())}); "
                          "widen neighbourhood_width_mm")
     return size
@@ -83,10 +92,9 @@ def tdann_neighbourhood(positions: torch.Tensor, width_mm: float, size: int,
                         generator: torch.Generator) -> torch.Tensor:
     """Indices [size] of one TDANN neighbourhood: a random window (centre off the edges) holding at
     least `size` units, thinned to `size` of them at random without replacement."""
-    positions = positions.detach().cpu()  # draws come from a CPU generator on any device
-    low, high = _window_bounds(positions, width_mm)
+    points, low, high = _sheet_windows(positions, width_mm)
     for _ in range(MAX_REDRAWS):
-        inside = _in_windows(positions, _window_centres(low, high, 1, generator), width_mm)[0]
+        inside = _in_windows(points, _window_centres(low, high, 1, generator), width_mm)[0]
         members = inside.nonzero().flatten()
         if len(members) >= size:
             return members[torch.randperm(len(members), generator=generator)[:size]]
