@@ -342,3 +342,23 @@ def test_every_ddp_rank_stops_at_the_same_diverged_step(tmp_path):
     step = int(re.search(r"(?:at|after) step (\d+)", lines[0]).group(1))
     assert checkpoint.load(str(out / "checkpoint.pt"))["step"] == step - 1
     assert_all_finite(str(out / "checkpoint.pt"))
+
+
+def test_a_run_without_sheets_can_be_laid_on_another_kind_and_a_spatial_run_cannot(tmp_path, good_run):
+    from topoaudio.evaluate import SHEET_KINDS
+    from topoaudio.sheet import KINDS
+
+    assert set(SHEET_KINDS) == set(KINDS)  # the command's choices without importing torch for --help
+    path = os.path.join(good_run.out, checkpoint.CHECKPOINT_NAME)
+    _, own, config = checkpoint.load_trained(path, clip_samples=10000)
+    _, laid, relaid = checkpoint.load_trained(path, clip_samples=10000, sheet="channels")
+    assert config["sheet"] == "channel_freq" and relaid["sheet"] == "channels"
+    for layer, sheet in laid.items():
+        assert sheet.kind == "channels" and sheet.n_units < own[layer].n_units  # one unit per channel
+    spatial = tiny(tmp_path, "spatial", steps=1, topo="spatial")
+    train(spatial)
+    spatial_path = os.path.join(spatial.out, checkpoint.CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="trained on its own channel_freq sheets"):
+        checkpoint.load_trained(spatial_path, clip_samples=10000, sheet="channels")
+    kept = checkpoint.load_trained(spatial_path, clip_samples=10000, sheet="channel_freq")[2]
+    assert kept["sheet"] == "channel_freq"

@@ -274,13 +274,23 @@ def _first_problem(error: RuntimeError) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def load_trained(path, clip_samples: int = 40000) -> tuple[torch.nn.Module, dict, dict]:
+def load_trained(path, clip_samples: int = 40000,
+                 sheet: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
     """(model in eval mode, {layer: CorticalSheet}, config dict) from a training checkpoint. Layers
     without a saved sheet (models trained with --topo none or topoloss) get the sheet the spatial
     loss would have used (same kind, size and seed), so maps of all models are drawn on the same
-    sheets."""
+    sheets. `sheet` (a sheet kind) lays a run trained without saved sheets on that kind instead
+    (the returned config says so), so that, e.g., a `none` run can be compared with a TopoLoss run
+    on the TopoLoss run's `channels` sheets; a run that trained on its own sheets keeps them."""
     state = load(str(path))
     config = _config(state, path)
+    if sheet is not None and sheet != config.get("sheet"):
+        if state.get("topography") and any(isinstance(s, dict) and "positions" in s
+                                           for s in state["topography"].values()):
+            raise ValueError(f"{path} trained on its own {config.get('sheet')} sheets (the spatial loss); "
+                             f"sheet={sheet!r} applies only to runs trained without them (topo none or "
+                             "topoloss)")
+        config = {**config, "sheet": sheet}
     missing = [key for key in MODEL_KEYS if key not in config]
     if missing:
         raise ValueError(f"{path} was written by another topoaudio version: its config lacks {missing}")

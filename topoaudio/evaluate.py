@@ -13,6 +13,7 @@ import argparse
 import sys
 
 PROG = "topoaudio evaluate"
+SHEET_KINDS = ("channel_freq", "channels")  # topoaudio.sheet.KINDS, without importing torch for --help
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -42,12 +43,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--permutations", type=positive_int, default=999,
                         help="permutations for Moran's I, the primary statistic (at least 1; "
                              "with n, the smallest p is 1 / (n + 1))")
+    parser.add_argument("--sheet", choices=SHEET_KINDS, default=None,
+                        help="lay checkpoints trained without sheets of their own (topo none or topoloss) "
+                             "on this kind of sheet (default: the kind in their config)")
     args = parser.parse_args(argv)
     from topoaudio.analysis.evaluation import evaluate_checkpoints
 
     try:
         result = evaluate_checkpoints(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles,
-                                      args.permutations)
+                                      args.permutations, args.sheet)
     except (ValueError, OSError) as error:  # OSError: FileNotFoundError, permissions, a full disk
         sys.exit(f"{PROG}: {' '.join(str(error).split()) or type(error).__name__}")
     print(f"report: {result['report']}")

@@ -537,8 +537,9 @@ def writable_directory(out_dir) -> pathlib.Path:
 
 
 def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100,
-                         permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
-    """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md.
+                         permutations: int = DEFAULT_N_PERMUTATIONS, sheet: str | None = None) -> dict:
+    """Evaluate checkpoints; writes out_dir/run<i>/*.png, metrics.json and report.md. `sheet`: lay
+    runs trained without sheets of their own on this kind (checkpoint.load_trained).
 
     Everything that can be wrong with the inputs is found before the first measurement, in order
     of cost: the settings, the output directory, every natsound165 file, then every checkpoint
@@ -554,7 +555,8 @@ def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu",
         raise FileNotFoundError(f"checkpoint(s) not found: {missing}")
     out = writable_directory(out_dir)
     natsound = load_natsound165(natsound_dir)
-    trained = [load_trained(path) for path in tqdm(paths, desc="loading checkpoints", leave=False)]
+    trained = [load_trained(path, sheet=sheet)
+               for path in tqdm(paths, desc="loading checkpoints", leave=False)]
     runs = [evaluate_checkpoint(model, natsound, out / f"run{index}", device, shuffles, str(path),
                                 permutations)
             for index, (path, model) in enumerate(tqdm(list(zip(paths, trained, strict=True)),
