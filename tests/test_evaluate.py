@@ -412,3 +412,11 @@ def test_progress_is_shown_for_every_stage(checkpoints, synthetic_natsound165, t
         assert re.search(rf"{re.escape(stage)}: +\d+%\|[^|]*\| *\d+/{total} \[", err), stage
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["runs"][0]["layers"]) == ["block2", "block3", "block4"]
+
+
+def test_the_help_states_the_permutation_default_the_analysis_uses(capsys):
+    from topoaudio.analysis.topography import DEFAULT_N_PERMUTATIONS
+
+    with pytest.raises(SystemExit):
+        evaluate_command.main(["--help"])
+    assert f"default {DEFAULT_N_PERMUTATIONS}" in " ".join(capsys.readouterr().out.split())

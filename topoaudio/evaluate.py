@@ -40,18 +40,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--shuffles", type=positive_int, default=100,
                         help="shuffles for the smoothness null (at least 1)")
-    parser.add_argument("--permutations", type=positive_int, default=999,
-                        help="permutations for Moran's I, the primary statistic (at least 1; "
-                             "with n, the smallest p is 1 / (n + 1))")
+    parser.add_argument("--permutations", type=positive_int, default=None,
+                        help="permutations for Moran's I, the primary statistic (default 999; at least "
+                             "1; with n, the smallest p is 1 / (n + 1))")
     parser.add_argument("--sheet", choices=SHEET_KINDS, default=None,
                         help="lay checkpoints trained without sheets of their own (topo none or topoloss) "
                              "on this kind of sheet (default: the kind in their config)")
     args = parser.parse_args(argv)
-    from topoaudio.analysis.evaluation import evaluate_checkpoints
+    from topoaudio.analysis.evaluation import DEFAULT_N_PERMUTATIONS, evaluate_checkpoints
 
     try:
         result = evaluate_checkpoints(args.checkpoint, args.natsound165, args.out, args.device, args.shuffles,
-                                      args.permutations, args.sheet)
+                                      args.permutations or DEFAULT_N_PERMUTATIONS, args.sheet)
     except (ValueError, OSError) as error:  # OSError: FileNotFoundError, permissions, a full disk
         sys.exit(f"{PROG}: {' '.join(str(error).split()) or type(error).__name__}")
     print(f"report: {result['report']}")
