@@ -12,8 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-
-SETTINGS_ORDER = ("none", "spatial", "topoloss")
+from results_tables import SETTINGS_ORDER  # noqa: E402  (beside this script: the tables' row order)
 
 
 def grid_figure(eval_dir, layer: str, name: str, out) -> None:

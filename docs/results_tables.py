@@ -13,7 +13,6 @@ import json
 import sys
 
 SETTINGS_ORDER = ("none", "spatial", "topoloss")
-PRIMARY_MAPS = ("tonotopy_within_band", "am_rate", "music_vs_speech")
 COMPONENTS = ("speech", "music", "lowfreq", "highfreq", "pitch", "envsounds")
 
 

@@ -274,6 +274,15 @@ def _first_problem(error: RuntimeError) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+def _saved_sheet_states(state: dict, path) -> dict:
+    """{layer: sheet state} of the sheets a spatial-loss run saved (TopoLoss entries hold no
+    positions); one line when the topography entry is not a dict."""
+    topography = state.get("topography", {})
+    if not isinstance(topography, dict):
+        raise ValueError(f"{path} holds a malformed sheet: its topography is a {type(topography).__name__}")
+    return {layer: s for layer, s in topography.items() if isinstance(s, dict) and "positions" in s}
+
+
 def load_trained(path, clip_samples: int = 40000,
                  sheet: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
     """(model in eval mode, {layer: CorticalSheet}, config dict) from a training checkpoint. Layers
@@ -284,9 +293,9 @@ def load_trained(path, clip_samples: int = 40000,
     on the TopoLoss run's `channels` sheets; a run that trained on its own sheets keeps them."""
     state = load(str(path))
     config = _config(state, path)
+    saved_states = _saved_sheet_states(state, path)
     if sheet is not None and sheet != config.get("sheet"):
-        if state.get("topography") and any(isinstance(s, dict) and "positions" in s
-                                           for s in state["topography"].values()):
+        if saved_states:
             raise ValueError(f"{path} trained on its own {config.get('sheet')} sheets (the spatial loss); "
                              f"sheet={sheet!r} applies only to runs trained without them (topo none or "
                              "topoloss)")
@@ -310,9 +319,7 @@ def load_trained(path, clip_samples: int = 40000,
                          f"{recorded}: {_first_problem(error)}") from None
     model.eval()
     try:
-        saved = {layer: CorticalSheet.from_state_dict(s)
-                 for layer, s in state.get("topography", {}).items()
-                 if isinstance(s, dict) and "positions" in s}
+        saved = {layer: CorticalSheet.from_state_dict(s) for layer, s in saved_states.items()}
     except (ValueError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} holds a malformed sheet: {error}") from None
     sheets = sheets_for(config, model, clip_samples)
