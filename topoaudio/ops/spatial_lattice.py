@@ -123,36 +123,41 @@ class Lattice:
     def weighted_sum(self, z: torch.Tensor, positions: torch.Tensor | None = None):
         """(W z [N, B], row sums of W [N], row sums of W^2 [N]) as spatial_torch.weighted_sum;
         positions are not read (the lattice holds them)."""
-        n_units, batch = z.shape
+        wz_by_column, w_rows, w2_rows = self.weighted_sum_by_column(z.t())
+        return wz_by_column.t().contiguous(), w_rows, w2_rows
+
+    def weighted_sum_by_column(self, zt: torch.Tensor):
+        """weighted_sum for z laid out by batch column, zt [B, N]: (W z)^T [B, N] contiguous and
+        the row sums. The CPU loss keeps its unit vectors in this layout (the features' own), so
+        that neither the scatter, the FFT's input and output nor the gather need a transpose."""
+        batch, n_units = zt.shape
         if n_units != self.n_units:
             raise ValueError(f"z has {n_units} units but the lattice {self.n_units}")
         g0, g1 = self.shape
-        spectrum = self.spectrum(z.dtype, z.device)
-        grid = _scatter_sum(z, self.site, g0 * g1)
-        grid_by_column = grid.t()  # [B, G0 G1] view
-        chunk = max(1, CHUNK_BYTES // (self.padded_sites * 2 * z.element_size()))
+        spectrum = self.spectrum(zt.dtype, zt.device)
+        grid = _scatter_sum(zt, self.site, g0 * g1)  # [B, G0 G1]
+        chunk = max(1, CHUNK_BYTES // (self.padded_sites * 2 * zt.element_size()))
         if chunk >= batch:  # the usual case: one transform of every column, no buffer
-            out = _convolve(grid_by_column.reshape(batch, g0, g1), spectrum, self.padded)
-            out = out.reshape(batch, g0 * g1)
+            out = _convolve(grid.view(batch, g0, g1), spectrum, self.padded).reshape(batch, g0 * g1)
         else:
-            out = torch.empty_like(grid_by_column)
+            out = torch.empty_like(grid)
             for start in range(0, batch, chunk):
                 columns = slice(start, min(batch, start + chunk))
-                block = grid_by_column[columns].reshape(-1, g0, g1)
+                block = grid[columns].view(-1, g0, g1)
                 out[columns] = _convolve(block, spectrum, self.padded).reshape(-1, g0 * g1)
-        wz = out.t().index_select(0, self.site)  # [N, B], row-major
-        w_rows, w2_rows = self.row_sums(z.dtype, z.device)
-        return wz, w_rows, w2_rows
+        w_rows, w2_rows = self.row_sums(zt.dtype, zt.device)
+        return out.index_select(1, self.site), w_rows, w2_rows
 
 
-def _scatter_sum(z: torch.Tensor, site: torch.Tensor, n_sites: int) -> torch.Tensor:
-    """[n_sites, B]: the rows of z [N, B] summed per site, in a fixed order on every device, so
-    results repeat bitwise. On the CPU index_add_ adds each column's units serially in unit order;
-    on a GPU it would use atomics, and index_put_ with accumulate sorts the indices first."""
-    grid = z.new_zeros(n_sites, z.shape[1])
-    if z.device.type == "cpu":
-        return grid.index_add_(0, site, z)
-    return grid.index_put_((site,), z, accumulate=True)
+def _scatter_sum(zt: torch.Tensor, site: torch.Tensor, n_sites: int) -> torch.Tensor:
+    """[B, n_sites]: the columns of zt [B, N] summed per site, in a fixed order on every device,
+    so results repeat bitwise. On the CPU index_add_ adds the units serially in unit order; on a
+    GPU it would use atomics, and index_put_ with accumulate sorts the indices first."""
+    grid = zt.new_zeros(zt.shape[0], n_sites)
+    if zt.device.type == "cpu":
+        return grid.index_add_(1, site, zt)
+    grid.t().index_put_((site,), zt.t(), accumulate=True)
+    return grid
 
 
 def _real_spectrum(kernel: torch.Tensor) -> torch.Tensor:

@@ -269,7 +269,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
         # read with the sums (one host read); non-finite values make units dead, so the work
         # before the check is harmless
         largest = x.abs().amax(dim=0)
-        peak = largest.amax(dim=0, keepdim=True).to(torch.float64)
+        peak = largest.amax(dim=0, keepdim=True)
         # unit vectors as spatial_common.unit_vectors computes them (exact power-of-two scale,
         # centring, the same live-unit rule), keeping what the backward needs
         batch, n_units = x.shape
@@ -286,44 +286,45 @@ class _CpuSpatialLoss(torch.autograd.Function):
         norm = norm2.sqrt_().view(-1)
         live = live.view(-1)
         inv_norm = torch.where(live, norm.reciprocal(), constant(0.0, dtype))  # 0: dead unit
-        z = torch.empty(n_units, batch, dtype=dtype)
-        torch.mul(centred, inv_norm, out=z.permute(1, 0))  # z [N, B], written row-major
+        # z^T [B, N]: the unit vectors by batch column, the features' own layout (contiguous)
+        zt = centred.mul_(inv_norm)
         weighted_sum, pair_sums, pair_grad = _primitives(backend)
-        if sheet.lattice is not None:
-            weighted_sum = sheet.lattice.weighted_sum
-        f64 = torch.float64
         if kind == "relative" and radius is None:
-            wz, w_rows, w2_rows = weighted_sum(z, sheet.positions)
+            if sheet.lattice is not None:
+                wzt, w_rows, w2_rows = sheet.lattice.weighted_sum_by_column(zt)
+            else:  # the tiles take z [N, B]; beside their O(N^2 B) the transposes cost nothing
+                wz, w_rows, w2_rows = weighted_sum(zt.t().contiguous(), sheet.positions)
+                wzt = wz.t()
             if backend not in sheet.w_totals:  # positions alone fix W: once per sheet
                 totals = (w_rows.double().sum().item(), w2_rows.double().sum().item())
                 sheet.w_totals[backend] = tuple((t - n_units) / 2 for t in totals)
-            # float64 from here: s, the B x B Gram, |z_i|^2 and the backward's algebra (the
-            # registered-op path forms s and the Gram in z's dtype and converts them: the two
-            # paths agree to that rounding, not bit for bit)
-            z64 = z.to(f64)
-            wz64 = wz.to(f64)
-            s = z64.sum(dim=0)
-            z64_t = z64.permute(1, 0)
-            gram = torch.mm(z64_t, z64)
-            self_dot = (z64 * z64).sum(dim=1, keepdim=True)
-            flat_sd, flat_gram = self_dot.view(-1), gram.view(-1)
+            # Every term in z's dtype, as the registered-op path forms s and the Gram: float32
+            # sums (pairwise in torch) of unit-norm vectors, whose rounding the tests bound
+            # against the float64 reference. At N = 65,536 the float64 copies of z and W z and
+            # the float64 Gram and addmm took ~60 of ~300 ms.
+            s = zt.sum(dim=1)
+            gram = torch.mm(zt, zt.t())
+            self_dot = (zt * zt).sum(dim=0)
+            flat_gram = gram.view(-1)
             peak, s2, sum_sd, sd2, gram2, zwz = torch.cat([
-                peak, torch.dot(s, s).view(1), flat_sd.sum(dim=0, keepdim=True),
-                torch.dot(flat_sd, flat_sd).view(1), torch.dot(flat_gram, flat_gram).view(1),
-                torch.dot(z64.view(-1), wz64.view(-1)).view(1),
+                peak, torch.dot(s, s).view(1), self_dot.sum(dim=0, keepdim=True),
+                torch.dot(self_dot, self_dot).view(1), torch.dot(flat_gram, flat_gram).view(1),
+                (zt * wzt).sum(dim=0).sum(dim=0, keepdim=True),
             ]).tolist()  # one host read for the six numbers
             # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike
             s_r, s_r2, s_wr = (s2 - sum_sd) / 2, (gram2 - sd2) / 2, (zwz - sum_sd) / 2
             sums = [n_units * (n_units - 1) / 2, *sheet.w_totals[backend], s_r, s_r2, s_wr, 0.0]
-            ctx.all_pairs = (z64, z64_t, wz64, s, gram, self_dot)
+            ctx.all_pairs = (wzt, s, gram)
+            ctx.z = None
         else:
+            z = zt.t().contiguous()  # the tiles take z [N, B]
             sums = pair_sums(z, sheet.positions, math.inf if radius is None else radius)
             peak, *sums = torch.cat([peak, sums]).tolist()
-            ctx.all_pairs = None
+            ctx.all_pairs, ctx.z = None, z
         if not math.isfinite(peak):
             check_finite_features(features)
         loss, ctx.coef = loss_and_grad_from_sums(sums, kind, dtype)
-        ctx.z, ctx.factor, ctx.sheet, ctx.radius = z, inv_norm / scale, sheet, radius
+        ctx.zt, ctx.factor, ctx.sheet, ctx.radius = zt, inv_norm / scale, sheet, radius
         ctx.pair_grad, ctx.features_dtype = pair_grad, features.dtype
         return torch.full((), loss, dtype=dtype)
 
@@ -332,21 +333,21 @@ class _CpuSpatialLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         g = grad_loss.item()
         c_r, c_r2, c_wr, c_abs = (g * c for c in ctx.coef)
+        zt = ctx.zt
         if ctx.all_pairs is not None:
             # d/dz_i of the all-pairs sums: c_r (s - z_i) + c_wr ((W z)_i - z_i)
-            # + 2 c_r2 (z_i Z^T Z - |z_i|^2 z_i), in float64
-            z, zt, wz, s, gram, self_dot = ctx.all_pairs
-            grad_z = torch.addmm(wz, z, gram, beta=c_wr, alpha=2 * c_r2)
-            grad_z.add_(s, alpha=c_r).sub_(z, alpha=c_r + c_wr)
-            grad_z.sub_(self_dot * z, alpha=2 * c_r2)
+            # + 2 c_r2 (Z^T Z z_i - |z_i|^2 z_i), by batch column. The terms along z_i are left
+            # out: the projection below removes every component along z_i (|z_i| = 1; dead units
+            # have z_i = 0 and a zero factor)
+            wzt, s, gram = ctx.all_pairs
+            grad_zt = torch.addmm(wzt, gram, zt, beta=c_wr, alpha=2 * c_r2)
+            grad_zt.add_(s.unsqueeze(1), alpha=c_r)
         else:
-            z = ctx.z
-            zt = z.permute(1, 0)
             coef = torch.tensor([c_r, c_r2, c_wr, c_abs], dtype=torch.float64)
-            grad_z = ctx.pair_grad(z, ctx.sheet.positions,
+            grad_z = ctx.pair_grad(ctx.z, ctx.sheet.positions,
                                    math.inf if ctx.radius is None else ctx.radius, coef)
+            grad_zt = grad_z.permute(1, 0)
         # back through z = (x / scale - mean) / norm per unit: project out z, centre, scale
-        grad_zt = grad_z.permute(1, 0)
         # (keepdim=True sums skip a squeeze: one aten call fewer each)
         u = grad_zt - zt * (zt * grad_zt).sum(dim=0, keepdim=True)
         u -= u.sum(dim=0, keepdim=True).div_(constant(u.shape[0], u.dtype))
@@ -355,7 +356,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
             factor = ctx.factor.index_select(0, ctx.sheet.inverse)
         else:
             factor = ctx.factor
-        grad = u * factor  # (out of place: in place, float64 *= float32 costs a conversion)
+        grad = u.mul_(factor) if u.dtype == factor.dtype else u * factor
         if grad.dtype != ctx.features_dtype:
             grad = grad.to(ctx.features_dtype)
         return grad, None, None, None, None, None
