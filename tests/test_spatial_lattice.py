@@ -95,7 +95,8 @@ def test_a_line_of_units_is_a_one_row_lattice():
 @pytest.mark.parametrize("n_units, extent", [(37, (9, 13)), (600, (40, 30)), (3000, (17, 50))])
 def test_weighted_sum_equals_the_tiles(dtype, n_units, extent, monkeypatch):
     if n_units == 600:  # batch columns in chunks of 5 (float64) or 10 (float32), with a tail
-        monkeypatch.setattr(spatial_lattice, "CHUNK_BYTES", 80 * 60 * 2 * 8 * 5)
+        for name in ("CHUNK_BYTES", "CPU_CHUNK_BYTES"):  # (the CPU's chunks run on threads)
+            monkeypatch.setattr(spatial_lattice, name, 80 * 60 * 2 * 8 * 5)
     features, positions, _ = lattice_inputs(n_units, 24, extent=extent, dtype=dtype)
     z, _ = unit_vectors(features, 1e-6)
     got = detect(positions).weighted_sum(z)
@@ -104,6 +105,62 @@ def test_weighted_sum_equals_the_tiles(dtype, n_units, extent, monkeypatch):
         assert value.dtype == dtype and value.shape == reference.shape
         error = (value.double() - reference).abs().max() / reference.abs().max()
         assert error <= WZ_REL_TOL[dtype], error
+
+
+def chunked_and_whole(monkeypatch, zt, lattice, chunk_columns):
+    """W z of zt [B, N] with the CPU's batch in chunks of chunk_columns, and in one transform."""
+    column_bytes = lattice.padded_sites * 2 * zt.element_size()
+    monkeypatch.setattr(spatial_lattice, "CPU_CHUNK_BYTES", column_bytes * chunk_columns)
+    chunked = lattice.weighted_sum_by_column(zt)[0]
+    monkeypatch.setattr(spatial_lattice, "CPU_CHUNK_BYTES", column_bytes * zt.shape[0])
+    return chunked, lattice.weighted_sum_by_column(zt)[0]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_chunks_on_threads_give_the_whole_batch_result_bitwise(monkeypatch, threads):
+    features, positions, _ = lattice_inputs(900, 23, extent=(31, 47))
+    zt = unit_vectors(features, 1e-6)[0].t().contiguous()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:  # chunks of 4 columns with a tail of 3, spread over the threads
+        chunked, whole = chunked_and_whole(monkeypatch, zt, detect(positions), 4)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(chunked, whole)
+
+
+def _squares_on_the_pool(queue):
+    out = [0] * 8
+    spatial_lattice._run_in_parallel(lambda i: out.__setitem__(i, i * i), list(range(8)))
+    queue.put((sum(out), id(spatial_lattice._POOL[2])))
+
+
+def test_a_forked_child_makes_its_own_thread_pool():
+    # the parent's pool threads do not exist in a fork: a child that used the parent's pool object
+    # would queue its chunks for threads that never run them and wait forever. (Torch ops in a
+    # forked child need torch.set_num_threads(1) anyway, as DataLoader workers set: OpenMP is not
+    # fork-safe; here the jobs are plain Python.)
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spatial_lattice._run_in_parallel(lambda i: None, list(range(4)))  # the parent's pool
+        parent_pool = spatial_lattice._POOL[2]
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_squares_on_the_pool, args=(queue,))
+        child.start()
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child waited on the parent's thread pool")
+    assert child.exitcode == 0
+    total, child_pool = queue.get(timeout=5)
+    assert total == sum(i * i for i in range(8))
+    assert child_pool != id(parent_pool)  # (a fork keeps addresses: the same id is the same pool)
 
 
 # --- the loss ----------------------------------------------------------------------------------
