@@ -42,11 +42,13 @@ TOLERANCE_EPS = 8
 # is searched (a sparse sample of a lattice may miss every neighbouring pair).
 MAX_GAP_MULTIPLE = 12
 # Cost model for `auto`: one padded site of one batch column, times log2 of the padded grid, costs
-# about as much as this many (i, j) pairs of one column in the cpp tiles (CPU time on one thread,
-# N = 16,384, B = 64, a 10 mm sheet at 0.05 mm, FFT grid 392 x 405: tiles 507 ms = 3.0e-11 s per
-# pair and column, the FFT W z 100 ms = 6.2e-10 s per site, log2 and column). Break-even on
-# 10 mm sheets is then N ~ 7,400.
-FFT_COST_IN_PAIRS = 20
+# about as much as this many (i, j) pairs of one column in the cpp tiles. From whole
+# forward+backward steps (bench/test_spatial_lattice.py, 2 threads, idle machine, B = 64, 10 mm
+# sheets at 0.05 mm): at N = 16,384 (FFT grid 392 x 405) tiles 250 ms, lattice 40 ms, so the
+# lattice costs what the tiles cost at N ~ 6,550: 15.6 pairs per site and log2; at N = 4,096
+# (375 x 405) tiles 17.7 ms, lattice 38 ms, break-even N ~ 6,000: 14.2. Break-even on 10 mm
+# sheets is N ~ 6,300.
+FFT_COST_IN_PAIRS = 15
 
 
 class NotOnLattice(ValueError):
