@@ -254,8 +254,9 @@ def test_bad_input_is_rejected(features, positions, kwargs, message):
 # --- host cost (issue 10) ----------------------------------------------------------------------
 
 # aten calls of one forward+backward at N = 64, B = 16 on the CPU (all pairs, the default kind):
-# 552 before issue 10, 146 after, 133 since the unit vectors stay by batch column (issue 14). A count, not a time: deterministic for a given torch, so a unit
-# test; the time is bench/test_host_cost.py's.
+# 552 before issue 10, 146 after, 133 since the unit vectors stay by batch column (issue 14).
+# A count, not a time: deterministic for a given torch, so a unit test; the time is
+# bench/test_host_cost.py's.
 HOST_COST_ATEN_CALLS = 140
 
 
