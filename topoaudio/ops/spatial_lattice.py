@@ -79,14 +79,20 @@ class Lattice:
         self.spacing, self.origin = spacing, origin
         self.shape = tuple(int(indices[:, axis].max()) + 1 for axis in (0, 1))
         self.padded = tuple(_fast_size(2 * g - 1) for g in self.shape)
-        self.site = (indices[:, 0] * self.shape[1] + indices[:, 1]).to(device)
-        # the same sites in the rows padded for the last axis's transform, [G0, L1]: the scatter
+        # each unit's site in the rows padded for the last axis's transform, [G0, L1]: the scatter
         # writes there and the gather reads the inverse transform there, with no padding copy
         # and no copy of the [G0, G1] corner
         self.padded_site = (indices[:, 0] * self.padded[1] + indices[:, 1]).to(device)
         self.n_units = indices.shape[0]
         self._spectra: dict = {}
         self._row_sums: dict = {}
+
+    @property
+    def site(self) -> torch.Tensor:
+        """Each unit's site a G1 + b on the unpadded (G0, G1) grid [N] (derived from padded_site,
+        which the transforms use)."""
+        row = self.padded_site.div(self.padded[1], rounding_mode="floor")
+        return row * self.shape[1] + self.padded_site % self.padded[1]
 
     @property
     def padded_sites(self) -> int:

@@ -356,7 +356,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
             factor = ctx.factor.index_select(0, ctx.sheet.inverse)
         else:
             factor = ctx.factor
-        grad = u.mul_(factor) if u.dtype == factor.dtype else u * factor
+        grad = u.mul_(factor)  # (u is a fresh tensor in the compute dtype, as factor)
         if grad.dtype != ctx.features_dtype:
             grad = grad.to(ctx.features_dtype)
         return grad, None, None, None, None, None
