@@ -1,6 +1,7 @@
 // Tile kernels of the spatial-correlation loss (docs/DESIGN.md, topoaudio/ops/spatial_chunked.py
 // states the same contract in PyTorch). z: [N, B] unit vectors; positions: [N, 2] in mm, same dtype.
-//  weighted_sum: {W z [N, B], row sums of W [N], row sums of W^2 [N]}, W_ij = 1 / (1 + d_ij).
+//  weighted_sum: {W z [N, B], row sums of W [N], row sums of W^2 [N]}, W_ij = 1 / (1 + d_ij) for
+//    i != j and W_ii = 0 (units sharing a position keep w = 1; only a unit's own term is left out).
 //  pair_sums:    float64 [7] = count, sum w, w^2, r, r^2, w r, |r - w| over pairs i < j, d_ij <= radius.
 //  pair_grad:    dS/dz for S = sum over those pairs of c0 r + c1 r^2 + c2 w r + c3 |r - w|.
 // Units must be sorted spatially for pair_sums / pair_grad to skip tile pairs beyond the radius.

@@ -27,7 +27,11 @@ void weight_rows(const scalar_t* p, int64_t row0, int64_t rows, int64_t col0, in
 #pragma omp simd reduction(+ : s, s2)
     for (int64_t j = 0; j < cols; ++j) {
       const scalar_t dx = xi - p[2 * (col0 + j)], dy = yi - p[2 * (col0 + j) + 1];
-      const scalar_t v = scalar_t(1) / (scalar_t(1) + std::sqrt(dx * dx + dy * dy));
+      // w_ii = 0: the diagonal would dominate each row's float sums (w_ii = 1 against off-diagonal
+      // weights of 1e-6 when positions are in micrometres or far apart) and round them away
+      const scalar_t v = row0 + i == col0 + j
+                             ? scalar_t(0)
+                             : scalar_t(1) / (scalar_t(1) + std::sqrt(dx * dx + dy * dy));
       wi[j] = v;
       s += v;
       s2 += v * v;

@@ -38,7 +38,8 @@ def _weighted_sum_kernel(z_ptr, p_ptr, wz_ptr, wsum_ptr, w2sum_ptr, n_units, bat
         b_dx = b_xi[:, None] - b_xj[None, :]
         b_dy = b_yi[:, None] - b_yj[None, :]
         b_w = 1.0 / (1.0 + tl.sqrt(b_dx * b_dx + b_dy * b_dy))
-        b_w = tl.where(m_i[:, None] & m_j[None, :], b_w, 0.0)
+        # zero diagonal: w_ii = 1 would round small off-diagonal sums away (far-apart units)
+        b_w = tl.where(m_i[:, None] & m_j[None, :] & (o_i[:, None] != o_j[None, :]), b_w, 0.0)
         b_wsum += tl.sum(b_w, axis=1)
         b_w2sum += tl.sum(b_w * b_w, axis=1)
         b_z = tl.load(z_ptr + o_j[:, None] * batch + o_b[None, :], mask=m_j[:, None] & m_b[None, :],
@@ -193,7 +194,8 @@ def n_splits(n_units: int, batch: int, config: dict) -> int:
 
 def weighted_sum(z: torch.Tensor, positions: torch.Tensor, config: dict | None = None,
                  splits: int | None = None):
-    """(W z [N, B], row sums of W [N], of W^2 [N]) with W_ij = 1 / (1 + d_ij), diagonal included."""
+    """(W z [N, B], row sums of W [N], of W^2 [N]) with W_ij = 1 / (1 + d_ij) off the diagonal,
+    W_ii = 0."""
     config = dict(WEIGHTED_SUM, **(config or {}))
     n_units, batch = z.shape
     splits = n_splits(n_units, batch, config) if splits is None else splits

@@ -52,9 +52,15 @@ def test_units_sharing_sites_are_counted_and_duplicates_kept():
     lattice = detect(positions)
     assert lattice.shape == (5, 4) and lattice.n_units == 2000
     w_rows, _ = lattice.row_sums(torch.float64, torch.device("cpu"))
-    # a unit's row of W holds every unit on its own site at w = 1 (itself included)
+    # a unit's row of W holds every other unit on its own site at w = 1 (not itself: W's diagonal
+    # is 0, the tiles' contract)
     d = torch.cdist(positions.double(), positions.double())
-    assert torch.allclose(w_rows, (1 / (1 + d)).sum(dim=1), rtol=1e-6)
+    assert torch.allclose(w_rows, (1 / (1 + d)).sum(dim=1) - 1, rtol=1e-6)
+    z, _ = unit_vectors(torch.randn(8, 2000, dtype=torch.float64), 1e-6)
+    expected = spatial_torch.weighted_sum(z, positions.double())
+    for value, reference in zip(lattice.weighted_sum(z), expected, strict=True):
+        # (float32 positions: the fitted spacing differs from them by their rounding)
+        assert (value - reference).abs().max() <= 1e-6 * reference.abs().max()
 
 
 def test_jitter_below_float32_rounding_is_on_the_lattice_and_above_it_is_not():

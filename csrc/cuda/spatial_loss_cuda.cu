@@ -94,8 +94,10 @@ __global__ void weighted_sum_kernel(const scalar_t* __restrict__ z, const scalar
     for (int u = 0; u < R; ++u)
       for (int v = 0; v < R; ++v) {
         const int64_t gi = a * T + ty * R + u, gj = b * T + tx * R + v;
-        const scalar_t value = (gi < n && gj < n) ? scalar_t(1) / (scalar_t(1) + distance(p, gi, gj))
-                                                  : scalar_t(0);
+        // zero diagonal (see spatial_loss.h): w_ii = 1 would round small off-diagonal sums away
+        const scalar_t value = (gi < n && gj < n && gi != gj)
+                                   ? scalar_t(1) / (scalar_t(1) + distance(p, gi, gj))
+                                   : scalar_t(0);
         w[ty * R + u][tx * R + v] = value;
         s1[u] += value;
         s2[u] += double(value) * value;

@@ -26,6 +26,7 @@ from .cochlear_filters import (
     power_compression_grad,
 )
 from .settings import backend_name
+from .transforms import refuse_double_backward, refuse_functorch
 
 OP_NAME = "cochleagram"
 # Rows (clip x channel) per chunk: bounds working memory at ~2 x rows x T complex values.
@@ -202,6 +203,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_envelope):
+    refuse_double_backward(OP_NAME)
     waveform, envelope = ctx.saved_tensors
     # `backend` is the name the forward ran with: the backward never chooses again
     (sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress, power, offset,
@@ -255,6 +257,8 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
 
 
 def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str | None) -> torch.Tensor:
+    if isinstance(waveform, torch.Tensor):
+        refuse_functorch(OP_NAME, waveform.device, backend)
     config.check_waveform(waveform)
     name = dispatch.choose(OP_NAME, waveform.device, backend)  # once per call
     if name == "reference":  # the definition itself (plain torch, autograd), as last_backend says

@@ -14,6 +14,7 @@ from .spatial_common import (
     check_spatial_args,
     compute_dtype,
     live_units,
+    relative_positions,
     scaled_per_unit,
     variance_rel_tol,
 )
@@ -99,7 +100,7 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     z = torch.where(live, centred / torch.where(live, norm, torch.ones_like(norm)), 0.0)
     r = (z.t() @ z).clamp(-1.0, 1.0)
     # distances and the target similarity
-    p = positions.detach().to(x.dtype)
+    p = relative_positions(positions, x.dtype)  # distances do not depend on where the sheet sits
     d = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist")
     w = 1.0 / (1.0 + d)
     pairs = torch.triu(torch.ones(n_units, n_units, dtype=torch.bool, device=x.device), diagonal=1)

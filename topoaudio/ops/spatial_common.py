@@ -53,9 +53,11 @@ def check_spatial_args(features, positions, kind: str, radius, eps, check_values
     if batch < 2:
         raise ValueError(f"batch size is {batch}: a correlation over the batch needs at least 2 "
                          "samples")
+    if features.device.type == "meta":  # shapes only: no values to check
+        return kind, radius, eps
     if check_values:
         check_finite_features(features)
-    # A sheet's positions rarely change: checked once per tensor and in-place version.
+    # A sheet's positions rarely change: checked once per tensor and content.
     SHEET_CACHE.get(positions, ("finite",), lambda: _check_finite_positions(positions))
     return kind, radius, eps
 
@@ -79,45 +81,57 @@ def _check_finite_positions(positions: torch.Tensor) -> bool:
 
 class TensorCache:
     """Values derived from a tensor's data (a sheet's positions: finiteness, Morton order, radius
-    check, W row sums), computed once per tensor and per in-place version instead of every call.
+    check, W row sums), computed once per tensor and per content instead of every call.
 
-    An entry is found by the tensor's id and used only if a weak reference still points at that
-    very tensor (a freed tensor's id may be reused) and its version counter (tensor._version, bumped
-    by every in-place write, also through views), storage address, shape, strides, dtype and device
-    are unchanged (``.data =`` swaps storage without a version bump). Never stale, then: a change
-    recomputes. Inference tensors have no version counter and are not cached, nor is anything
-    while torch.compile traces. Bounded (least recently used entries go), thread-safe."""
+    One record per tensor, found by its id, holds a weak reference to that very tensor (a freed
+    tensor's id may be reused), a copy of its values at the time, and the values derived from them.
+    A record is used only while the tensor still holds exactly those values (torch.equal against
+    the copy) and its shape, strides, dtype and device are unchanged; otherwise every value derived
+    from it is dropped and recomputed. The version counter alone is not enough: writes through
+    ``tensor.data``, ``tensor.numpy()`` or a DLPack view change the data without bumping it (issue
+    23). The comparison reads N x 2 numbers, a few microseconds for a sheet of thousands of units
+    and ~1 ms at 2^20 units, beside a loss that costs ~1 s there. Inference tensors are not
+    cached, nor is anything while torch.compile traces. Bounded (least recently used tensors
+    go), thread-safe."""
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
-        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._records: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _stamp(tensor: torch.Tensor):
-        return (tensor._version, tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype,
-                tensor.device)
+    def _layout(tensor: torch.Tensor):
+        return tensor.shape, tensor.stride(), tensor.dtype, tensor.device
+
+    def _record(self, tensor: torch.Tensor) -> dict:
+        """The values derived from `tensor` as it is now: its record if still valid, else a new one."""
+        record = self._records.get(id(tensor))
+        if (record is not None and record[0]() is tensor and record[1] == self._layout(tensor)
+                and torch.equal(record[2], tensor)):
+            self._records.move_to_end(id(tensor))
+            return record[3]
+        values: dict = {}
+        self._records[id(tensor)] = (weakref.ref(tensor), self._layout(tensor),
+                                     tensor.detach().clone(), values)
+        while len(self._records) > self.capacity:
+            self._records.popitem(last=False)
+        return values
 
     def get(self, tensor: torch.Tensor, key: tuple, compute):
         if tensor.is_inference() or torch.compiler.is_compiling():
             return compute()
-        full_key, stamp = (id(tensor), key), self._stamp(tensor)
         with self._lock:
-            entry = self._entries.get(full_key)
-            if entry is not None and entry[0]() is tensor and entry[1] == stamp:
-                self._entries.move_to_end(full_key)
-                return entry[2]
+            values = self._record(tensor)
+            if key in values:
+                return values[key]
         value = compute()
         with self._lock:
-            self._entries[full_key] = (weakref.ref(tensor), stamp, value)
-            self._entries.move_to_end(full_key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            values[key] = value  # (a record replaced meanwhile keeps only its own values)
         return value
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            self._records.clear()
 
 
 SHEET_CACHE = TensorCache()
@@ -131,6 +145,14 @@ def positions_on(positions: torch.Tensor, device) -> torch.Tensor:
     if positions.device == device:
         return positions
     return SHEET_CACHE.get(positions, ("on", device), lambda: positions.to(device))
+
+
+def relative_positions(positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """positions moved to their smallest coordinates in float64, then rounded to `dtype`
+    (contiguous, no gradient): the loss depends only on distances, and float32 coordinates near
+    1e6 mm resolve only 0.0625 mm, so a sheet far from the origin lost its layout (issue 23)."""
+    p = positions.detach().double()
+    return (p - p.min(dim=0).values).to(dtype).contiguous()
 
 
 def compute_dtype(features: torch.Tensor) -> torch.dtype:

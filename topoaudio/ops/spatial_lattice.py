@@ -9,8 +9,9 @@ share one), convolve with k(a, b) = 1 / (1 + sqrt((a h0)^2 + (b h1)^2)) over off
 linear one exactly, so the cost is O(B L0 L1 log(L0 L1)) whatever N is, instead of N^2 B.
 
 The primitive has the tile primitives' contract (spatial_torch.weighted_sum): W z [N, B], row sums
-of W and of W^2 [N], the diagonal w_ii = 1 included (k(0, 0) = 1, and units sharing a site are at
-distance 0 too).
+of W and of W^2 [N], with a zero diagonal w_ii = 0. The convolution's kernel has k(0, 0) = 0, so it
+leaves out every unit on the same site; units sharing a site with another (at distance 0, w = 1)
+get those partners back from the scattered site sums, minus their own term.
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ CPU_CHUNK_BYTES = 1 << 23
 # to the largest |coordinate|) of a site: float32 positions computed as h * k carry half an ulp of
 # rounding each, and the origin and fitted spacing as much again.
 TOLERANCE_EPS = 8
+# A lattice's spacing must exceed the rounding it tolerates this many times over: float32 positions
+# near 1e6 mm are all multiples of 0.0625 mm, a grid that says nothing of where the units were put;
+# a lattice found at a spacing of a few tolerances is that rounding, not a layout (issue 23). Real
+# sheets are far above it (10 mm at 0.05 mm in float32: 5,000 tolerances).
+MIN_SPACING_IN_TOLERANCES = 64
 # The smallest gap between distinct coordinates is a multiple m of the lattice spacing; m up to this
 # is searched (a sparse sample of a lattice may miss every neighbouring pair).
 MAX_GAP_MULTIPLE = 12
@@ -84,6 +90,8 @@ class Lattice:
         # and no copy of the [G0, G1] corner
         self.padded_site = (indices[:, 0] * self.padded[1] + indices[:, 1]).to(device)
         self.n_units = indices.shape[0]
+        # whether some site holds several units (each then has partners at distance 0, w = 1)
+        self.shares_sites = bool(torch.unique(self.padded_site).numel() < self.n_units)
         self._spectra: dict = {}
         self._row_sums: dict = {}
 
@@ -105,7 +113,9 @@ class Lattice:
 
     def _kernel(self, power: int = 1) -> torch.Tensor:
         """k(a, b)^power at every padded offset, float64 on the CPU; offsets a in (-G0, G0) sit at
-        a mod L0 and the unused middle is 0 (no needed output reads it)."""
+        a mod L0 and the unused middle is 0 (no needed output reads it). k(0, 0) = 0: a site's own
+        units are added separately (weighted_sum_by_column, row_sums), so that no unit's own
+        w_ii = 1 enters the float sums beside its small off-diagonal weights."""
         axes = []
         for size, padded, h in zip(self.shape, self.padded, self.spacing, strict=True):
             a = torch.arange(padded, dtype=torch.float64)
@@ -115,6 +125,7 @@ class Lattice:
         (d0, used0), (d1, used1) = axes
         distance = torch.sqrt(d0[:, None] ** 2 + d1[None, :] ** 2)
         kernel = (1.0 / (1.0 + distance)) ** power
+        kernel[0, 0] = 0.0
         return torch.where(used0[:, None] & used1[None, :], kernel, 0.0)
 
     def spectrum(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -125,8 +136,9 @@ class Lattice:
         return self._spectra[key]
 
     def row_sums(self, dtype: torch.dtype, device: torch.device):
-        """(sum_j w_ij, sum_j w_ij^2) per unit [N]: the kernel and its square convolved with the
-        units' counts per site, once per sheet in float64."""
+        """(sum_{j != i} w_ij, sum_{j != i} w_ij^2) per unit [N]: the kernel and its square
+        convolved with the units' counts per site, plus the other units on the unit's own site
+        (w = 1), once per sheet in float64."""
         key = (dtype, device)
         if key not in self._row_sums:
             site = self.padded_site.cpu()
@@ -136,7 +148,8 @@ class Lattice:
             for power in (1, 2):
                 spectrum = _real_spectrum(self._kernel(power))
                 per_site = _convolve(counts.view(1, self.shape[0], -1), spectrum, self.padded[0])
-                sums.append(per_site.reshape(-1)[site].to(dtype=dtype, device=device))
+                per_unit = per_site.reshape(-1)[site] + (counts[site] - 1)
+                sums.append(per_unit.to(dtype=dtype, device=device))
             self._row_sums[key] = tuple(sums)
         return self._row_sums[key]
 
@@ -175,7 +188,10 @@ class Lattice:
                 for columns in chunks:
                     transform(columns)
         w_rows, w2_rows = self.row_sums(zt.dtype, zt.device)
-        return out.index_select(1, self.padded_site), w_rows, w2_rows
+        wzt = out.index_select(1, self.padded_site)
+        if self.shares_sites:  # the other units on each unit's own site, at w = 1
+            wzt += rows.index_select(1, self.padded_site) - zt
+        return wzt, w_rows, w2_rows
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
@@ -295,7 +311,17 @@ def detect(positions: torch.Tensor) -> Lattice:
     budget = MAX_PADDED_SITES
     for axis in (0, 1):
         values = relative[:, axis]
-        index, h = _fit_axis(values, _axis_spacing(values, tolerance), tolerance, budget)
+        gap = _axis_spacing(values, tolerance)
+        # coordinates that differ by more than the tolerance but all in smaller steps (gap None),
+        # or in steps of a few tolerances: rounding or jitter, not a layout
+        if float(values.max()) > tolerance and (
+                gap is None or gap < MIN_SPACING_IN_TOLERANCES * tolerance):
+            step = "below the tolerance" if gap is None else f"{gap:.3g} mm"
+            raise NotOnLattice(
+                f"positions are on no lattice: their smallest step ({step}) is within "
+                f"{MIN_SPACING_IN_TOLERANCES} x the {tolerance:.3g} mm that {positions.dtype} "
+                f"resolves at their coordinates, so a lattice there would be rounding or jitter")
+        index, h = _fit_axis(values, gap, tolerance, budget)
         columns.append(index)
         spacing.append(h)
         budget //= _fast_size(2 * int(index.max()) + 1)  # what the other axis may still use

@@ -32,9 +32,11 @@ from .spatial_common import (
     loss_from_sums,
     positions_on,
     power_of_two_above,
+    relative_positions,
     spatial_settings,
     unit_vectors,
 )
+from .transforms import refuse_double_backward, refuse_functorch
 
 OP_NAME = "spatial_loss"
 
@@ -66,11 +68,11 @@ def _all_pairs_sums(z, positions, weighted_sum):
     f64 = torch.float64
     sums = torch.stack([
         torch.tensor(n_units * (n_units - 1) / 2, dtype=f64, device=z.device),
-        (w_rows.double().sum() - n_units) / 2,
-        (w2_rows.double().sum() - n_units) / 2,
+        w_rows.double().sum() / 2,  # (W has a zero diagonal: no i = j terms to remove)
+        w2_rows.double().sum() / 2,
         ((s.double() ** 2).sum() - self_dot.double().sum()) / 2,
         ((gram.double() ** 2).sum() - (self_dot.double() ** 2).sum()) / 2,
-        ((z.double() * wz.double()).sum() - self_dot.double().sum()) / 2,
+        (z.double() * wz.double()).sum() / 2,
         torch.zeros((), dtype=f64, device=z.device),
     ])
     return sums, wz
@@ -107,12 +109,13 @@ def _pair_sums_backward_op(grad_sums: torch.Tensor, z: torch.Tensor, positions: 
                            wz: torch.Tensor, radius: float, all_pairs: bool,
                            backend: str) -> torch.Tensor:
     if all_pairs:
-        # d/dz_i of the pair sums (the i = j terms are removed in _all_pairs_sums). The
+        # d/dz_i of the pair sums (the i = j terms are removed in _all_pairs_sums; W's diagonal
+        # is 0). The
         # coefficients stay device tensors: reading them on the host would wait for the GPU.
         g_r, g_r2, g_wr = grad_sums[3:6].to(z.dtype).unbind()
         s = z.sum(dim=0, keepdim=True)
         self_dot = (z * z).sum(dim=1, keepdim=True)
-        return g_r * (s - z) + g_wr * (wz - z) + 2 * g_r2 * (z @ (z.t() @ z) - self_dot * z)
+        return g_r * (s - z) + g_wr * wz + 2 * g_r2 * (z @ (z.t() @ z) - self_dot * z)
     _, _, pair_grad = _primitives(backend)
     # The tile kernels take the four coefficients as host numbers (one read of 32 bytes).
     return pair_grad(z, positions, radius, grad_sums[3:7].cpu())
@@ -130,6 +133,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_sums, grad_wz):
+    refuse_double_backward(OP_NAME)
     z, positions, wz = ctx.saved_tensors
     radius, all_pairs, backend = ctx.params
     if grad_sums is None:
@@ -180,6 +184,8 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
         >>> loss = ops.spatial_loss(x, pos)          # about 0.5 for random responses
     """
     on_cpu = isinstance(features, torch.Tensor) and features.device.type == "cpu"
+    if isinstance(features, torch.Tensor):
+        refuse_functorch(OP_NAME, features.device, backend)
     # the CPU path checks values itself, from a reduction it needs anyway
     kind, radius, eps = check_spatial_args(features, positions, kind, radius, eps,
                                            check_values=not on_cpu)
@@ -191,6 +197,8 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
     if name == "reference":
         return _reference.spatial_loss(features, positions, kind=kind, radius=radius, eps=eps)
     dtype = compute_dtype(features)
+    if features.device.type == "meta":  # shapes only (checked above): no values to compute with
+        return (features.sum() * 0).to(dtype)
     sheet = _sheet(positions, dtype, radius, all_pairs, lattice if all_pairs else False)
     if sheet.lattice is not None:
         dispatch.record(OP_NAME, f"{name}+lattice")
@@ -224,7 +232,7 @@ class _Sheet:
         if radius is not None and not has_pair_within(positions, radius):
             raise ValueError(f"no pair of units lies within radius {radius} mm: every unit is "
                              "farther than that from all others; use a larger radius or None")
-        p = positions.detach().to(dtype).contiguous()
+        p = relative_positions(positions, dtype)
         self.order = self.inverse = None
         if not all_pairs:
             self.order = morton_order(p)
@@ -297,7 +305,7 @@ class _CpuSpatialLoss(torch.autograd.Function):
                 wzt = wz.t()
             if backend not in sheet.w_totals:  # positions alone fix W: once per sheet
                 totals = (w_rows.double().sum().item(), w2_rows.double().sum().item())
-                sheet.w_totals[backend] = tuple((t - n_units) / 2 for t in totals)
+                sheet.w_totals[backend] = tuple(t / 2 for t in totals)  # W's diagonal is 0
             # Every term in z's dtype, as the registered-op path forms s and the Gram: float32
             # sums (pairwise in torch) of unit-norm vectors, whose rounding the tests bound
             # against the float64 reference. At N = 65,536 the float64 copies of z and W z and
@@ -311,8 +319,8 @@ class _CpuSpatialLoss(torch.autograd.Function):
                 torch.dot(self_dot, self_dot).view(1), torch.dot(flat_gram, flat_gram).view(1),
                 (zt * wzt).sum(dim=0).sum(dim=0, keepdim=True),
             ]).tolist()  # one host read for the six numbers
-            # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike
-            s_r, s_r2, s_wr = (s2 - sum_sd) / 2, (gram2 - sd2) / 2, (zwz - sum_sd) / 2
+            # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike (W z has none)
+            s_r, s_r2, s_wr = (s2 - sum_sd) / 2, (gram2 - sd2) / 2, zwz / 2
             sums = [n_units * (n_units - 1) / 2, *sheet.w_totals[backend], s_r, s_r2, s_wr, 0.0]
             ctx.all_pairs = (wzt, s, gram)
             ctx.z = None
@@ -329,13 +337,14 @@ class _CpuSpatialLoss(torch.autograd.Function):
         return torch.full((), loss, dtype=dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        # (once_differentiable would return a detached gradient without a word: issue 23)
+        refuse_double_backward(OP_NAME)
         g = grad_loss.item()
         c_r, c_r2, c_wr, c_abs = (g * c for c in ctx.coef)
         zt = ctx.zt
         if ctx.all_pairs is not None:
-            # d/dz_i of the all-pairs sums: c_r (s - z_i) + c_wr ((W z)_i - z_i)
+            # d/dz_i of the all-pairs sums: c_r (s - z_i) + c_wr (W z)_i
             # + 2 c_r2 (Z^T Z z_i - |z_i|^2 z_i), by batch column. The terms along z_i are left
             # out: the projection below removes every component along z_i (|z_i| = 1; dead units
             # have z_i = 0 and a zero factor)

@@ -4,7 +4,9 @@ O(N B + tile rows x N) whatever N is.
 
 Primitives (z [N, B] unit vectors, positions [N, 2], units sorted spatially for the tiled ones):
 - weighted_sum(z, positions) -> (W z [N, B], row sums of W [N], row sums of W^2 [N]),
-  W_ij = 1 / (1 + d_ij) including the diagonal W_ii = 1.
+  W_ij = 1 / (1 + d_ij) for i != j, W_ii = 0. The diagonal is left out, not subtracted afterwards:
+  a unit's own w_ii = 1 beside off-diagonal weights of 1e-6 (positions in micrometres, or far
+  apart) would round those weights out of the float32 sums (issue 23).
 - pair_sums(z, positions, radius) -> float64 [6]: count, sum w, w^2, r, r^2, w r and |r - w| over
   the pairs i < j with d_ij <= radius (r_ij = z_i . z_j).
 - pair_grad(z, positions, radius, coef) -> dS/dz [N, B] for S = sum over those pairs of
@@ -37,6 +39,7 @@ def weighted_sum(z: torch.Tensor, positions: torch.Tensor):
     w2_sum = z.new_empty(n_units)
     for rows in _row_blocks(n_units, n_units):
         w = 1.0 / (1.0 + _distances(p[rows], p))
+        w[torch.arange(w.shape[0], device=w.device), torch.arange(rows.start, rows.stop, device=w.device)] = 0
         wz[rows] = w @ z
         w_sum[rows] = w.sum(dim=1)
         w2_sum[rows] = (w * w).sum(dim=1)
