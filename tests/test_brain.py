@@ -278,3 +278,27 @@ def test_load_errors_name_what_is_missing(tmp_path):
     scipy.io.savemat(tmp_path / "components.mat", {"R": np.zeros((165, 6))})
     with pytest.raises(ValueError, match="stim_names"):
         load_components(tmp_path)
+
+
+SIX = ["lowfreq", "highfreq", "envsounds", "pitch", "speech", "music"]
+
+
+@pytest.mark.parametrize("component_names, problem", [
+    (["lowfreq"], r"missing \['highfreq', 'envsounds', 'pitch', 'speech', 'music'\]"),
+    (SIX[:5] + ["speech"], r"missing \['music'\]"),
+    (SIX + ["pitch2"], r"unknown \['pitch2'\]"),
+    (SIX + ["music"], "listed twice"),
+], ids=["one", "a duplicate for one", "an extra", "a repeat"])
+def test_components_other_than_the_six_of_nh2015_are_refused(tmp_path, component_names, problem):
+    """R that matches its names is not enough: the file must hold the six NH2015 components."""
+    scipy.io.savemat(tmp_path / "components.mat", {
+        "R": np.ones((165, len(component_names))), "stim_names": [f"stim{i}_s" for i in range(165)],
+        "component_names": np.array(component_names, dtype=object)})
+    with pytest.raises(ValueError, match=problem) as refused:
+        load_components(tmp_path)
+    assert str(tmp_path / "components.mat") in str(refused.value)
+    assert "are not the 6 NH2015 components" in str(refused.value)
+    scipy.io.savemat(tmp_path / "components.mat", {  # the six in another order are fine
+        "R": np.ones((165, 6)), "stim_names": [f"stim{i}_s" for i in range(165)],
+        "component_names": np.array(SIX[::-1], dtype=object)})
+    assert load_components(tmp_path)[1] == SIX[::-1]

@@ -112,6 +112,34 @@ def test_corrupt_file_is_skipped_counted_and_logged(speech_root, caplog):
     assert sum(batch.shape[0] for batch, _ in loader) == len(ds)
 
 
+def test_nan_samples_and_cancelling_channels_are_refused_by_every_loader(tmp_path, caplog):
+    """load_clip refuses what would become a blank or a noise clip, naming the file and why; a
+    dataset skips such a file like one that does not decode."""
+    from topoaudio.data import AudioFileDataset, AudioFileError, load_clip
+
+    t = np.arange(16000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    good, nan, antiphase, infinite = (tmp_path / f"{name}.wav" for name in ("good", "nan", "anti", "inf"))
+    soundfile.write(good, np.stack([tone, 0.5 * tone], axis=1), 16000)  # stereo that adds up
+    with_nan, with_inf = tone.copy(), tone.copy()
+    with_nan[100], with_inf[5:7] = np.nan, np.inf
+    soundfile.write(nan, with_nan, 16000, subtype="FLOAT")
+    soundfile.write(infinite, with_inf, 16000, subtype="FLOAT")
+    soundfile.write(antiphase, np.stack([tone, -tone], axis=1), 16000, subtype="PCM_16")
+    for path, reason in [(nan, "1 of its 16000 samples is NaN or infinite"),
+                         (infinite, "2 of its 16000 samples are NaN or infinite"),
+                         (antiphase, "its 2 channels cancel when mixed to mono")]:
+        with pytest.raises(AudioFileError) as refused:
+            load_clip(path)
+        assert str(refused.value).startswith(f"{path}: {reason}")
+    assert_normalised(load_clip(good))
+    ds = AudioFileDataset([(good, 0), (nan, 1), (antiphase, 2)], ("a", "b", "c"))
+    with caplog.at_level(logging.WARNING, logger="topoaudio.data.datasets"):
+        torch.testing.assert_close(ds[1][0], ds[0][0])  # the next readable item stands in
+    assert "nan.wav (1 of its 16000 samples is NaN or infinite)" in caplog.text
+    assert AudioFileDataset(ds.items, ds.classes).find_unreadable() == [nan, antiphase]
+
+
 def test_mixture_has_the_drawn_snr_and_is_deterministic(speech_root):
     noise_root = speech_root / "_background_noise_"
     mix = WordSpeakerNoise(speech_root, noise_root, size=12, snr_db=(-5, 15), seed=3)

@@ -77,12 +77,23 @@ def replace(path: pathlib.Path, data: bytes | None) -> None:
         path.write_bytes(data)
 
 
-def wav_bytes(samples: np.ndarray, sr: int) -> bytes:
+def wav_bytes(samples: np.ndarray, sr: int, subtype: str = "PCM_16") -> bytes:
     import io
 
     buffer = io.BytesIO()
-    soundfile.write(buffer, samples, sr, format="WAV", subtype="PCM_16")
+    soundfile.write(buffer, samples, sr, format="WAV", subtype=subtype)
     return buffer.getvalue()
+
+
+def with_one_nan() -> bytes:
+    samples = np.full(FRAMES, 0.1)
+    samples[1234] = np.nan
+    return wav_bytes(samples, FILE_SR, subtype="FLOAT")
+
+
+def antiphase() -> bytes:
+    noise = 0.1 * np.random.default_rng(7).standard_normal(FRAMES)
+    return wav_bytes(np.stack([noise, -noise], axis=1), FILE_SR)
 
 
 def refused(argv) -> str:
@@ -237,6 +248,8 @@ BAD_WAVS = {
     "not audio": (lambda: b"RIFF" + bytes(range(256)) * 4, "unreadable"),
     "an empty file": (lambda: b"", "unreadable"),
     "silent": (lambda: wav_bytes(np.zeros(FRAMES), FILE_SR), "silent"),
+    "a NaN sample": (with_one_nan, f"1 of its {FRAMES} samples is NaN or infinite"),
+    "antiphase stereo": (antiphase, "its 2 channels cancel when mixed to mono"),
 }
 
 
@@ -313,6 +326,10 @@ COMPONENT_FAULTS = {
     "truncated": (lambda source: (source / "components.mat").read_bytes()[:300], "components.mat"),
     "NaN responses": (lambda source: components_with(source, R=np.full((N_SOUNDS, 6), np.nan)),
                       "990 NaN or Inf values"),
+    "one component": (lambda source: components_with(source, R=np.ones((N_SOUNDS, 1)),
+                                                      component_names=np.array(["lowfreq"], dtype=object)),
+                      "not the 6 NH2015 components lowfreq, highfreq, envsounds, pitch, speech, music; "
+                      "missing ['highfreq', 'envsounds', 'pitch', 'speech', 'music']"),
 }
 
 

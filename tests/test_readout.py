@@ -222,3 +222,28 @@ def test_a_penalty_at_the_end_of_the_grid_is_flagged():
     x[:, :3] += 1.5 * y[:, None]
     inner = readout.readout(x[:45], y[:45], x[45:], y[45:], penalties=(1e-9, 1e-3, 10.0, 1e3, 1e12))
     assert inner["penalty"] in (1e-3, 10.0, 1e3) and not inner["penalty_at_grid_edge"], inner["cv_accuracy"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("/proc/x.json", "output directory /proc cannot be created or written"),
+    ("DIR", "is a directory; name a file"),
+    ("FILE/x.json", "is an existing file, not a directory"),
+])
+def test_a_bad_out_is_one_line_before_any_work(where, message, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the readout ran before --out was checked")
+
+    monkeypatch.setattr(readout, "run", no_work)
+    (tmp_path / "FILE").write_text("")
+    out = where.replace("DIR", str(tmp_path)).replace("FILE", str(tmp_path / "FILE"))
+    with pytest.raises(SystemExit) as stop:
+        readout.main(["--checkpoint", "ckpt.pt", "--dataset", "scenes", "--out", out])
+    assert str(stop.value.code).startswith(f"topoaudio readout: --out {out}: ")
+    assert message in str(stop.value.code) and "\n" not in str(stop.value.code)
+
+
+def test_out_in_a_new_directory_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(readout, "run", lambda *args, **kwargs: {"results": {}})
+    out = tmp_path / "new" / "dir" / "r.json"
+    readout.main(["--checkpoint", "ckpt.pt", "--dataset", "scenes", "--out", str(out)])
+    assert json.loads(out.read_text()) == {"results": {}}

@@ -118,6 +118,120 @@ def test_a_new_run_never_writes_into_another_runs_files(tmp_path, name):
     assert sorted(os.listdir(out)) == [name]
 
 
+# ---- one run per run directory (issue 23) --------------------------------------------------------
+
+def hold_lock(run_dir):
+    """Lock run_dir the way a live run does (an exclusive flock on its lock file holding a pid)."""
+    import fcntl
+
+    fd = os.open(os.path.join(run_dir, "run.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    return fd
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume"])
+def test_a_run_directory_locked_by_a_live_run_is_refused_naming_its_pid(finished_run, resume):
+    before = {name: open(os.path.join(finished_run, name), "rb").read()
+              for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    fd = hold_lock(finished_run)
+    try:
+        argv = (["--resume", "--steps", "4"] if resume else ["--steps", "2", *TINY_ARGS])
+        with pytest.raises(FileExistsError) as refused:
+            main([*argv, "--out", finished_run])
+    finally:
+        os.close(fd)
+    message = str(refused.value)
+    assert f"{finished_run} is in use by another run (pid 4242" in message and "\n" not in message
+    assert all(open(os.path.join(finished_run, name), "rb").read() == data
+               for name, data in before.items())
+
+
+def test_two_runs_on_one_out_one_owns_it_and_the_lock_ends_with_the_run(tmp_path, monkeypatch):
+    from topoaudio.training import loop
+
+    out = str(tmp_path / "run")
+    real = loop.build_datasets
+    refusals = []
+
+    def second_run_meanwhile(config):  # the first run has started: a second, and a resume, try
+        for argv in (["--steps", "2", *TINY_ARGS], ["--resume", "--steps", "3"]):
+            with pytest.raises(FileExistsError) as refused:
+                main([*argv, "--out", out])
+            refusals.append(str(refused.value))
+        return real(config)
+
+    monkeypatch.setattr(loop, "build_datasets", second_run_meanwhile)
+    main(["--steps", "2", "--topo", "none", "--out", out, *TINY_ARGS])
+    assert len(refusals) == 2
+    assert all(f"in use by another run (pid {os.getpid()}" in message for message in refusals)
+    assert logged_steps(out) == [1, 2]  # one run's lines only
+    assert "run.lock" not in os.listdir(out)
+    monkeypatch.undo()
+    main(["--resume", "--out", out, "--steps", "3"])  # the lock ended with the run
+    assert logged_steps(out) == [1, 2, 3] and "run.lock" not in os.listdir(out)
+
+
+def test_a_killed_runs_lock_is_released_and_a_failed_start_leaves_nothing(tmp_path, monkeypatch):
+    from topoaudio.training import loop
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(  # another process holds the lock, as a live run would
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(300)\n", str(out / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FileExistsError, match=f"in use by another run \\(pid {holder.pid}"):
+            main(["--steps", "1", "--topo", "none", "--out", str(out), *TINY_ARGS])
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays behind, holding a dead pid
+        holder.wait()
+    assert os.listdir(out) == ["run.lock"]
+
+    def broken(config):
+        raise ValueError("no data here")
+
+    monkeypatch.setattr(loop, "build_datasets", broken)
+    with pytest.raises(ValueError, match="no data here"):  # the stale lock does not block it
+        main(["--steps", "1", "--topo", "none", "--out", str(out), *TINY_ARGS])
+    assert os.listdir(out) == []  # and the failed run released its lock
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="no data here"):
+        main(["--steps", "1", "--topo", "none", "--out", str(fresh), *TINY_ARGS])
+    assert not fresh.exists()  # a directory made for a run that never started is removed
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new run", "resume"])
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, monkeypatch, resume):
+    from topoaudio.training import loop
+
+    def no_work(config):
+        raise AssertionError("the data were set up before --out was checked")
+
+    monkeypatch.setattr(loop, "build_datasets", no_work)
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    with pytest.raises(FileExistsError) as refused:
+        main([*(["--resume"] if resume else []), "--steps", "1", "--out", str(path), *TINY_ARGS])
+    message = str(refused.value)
+    assert "\n" not in message and f"--out {path} is an existing file, not a directory" in message
+    assert path.read_text() == "keep me"
+
+
+def test_an_out_that_cannot_be_made_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from topoaudio.training import loop
+
+    monkeypatch.setattr(loop, "build_datasets", lambda config: 1 / 0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"run directory .*file/run cannot be created or written: "):
+        main(["--steps", "1", "--out", str(tmp_path / "file" / "run"), *TINY_ARGS])
+
+
 BAD_COMMAND_LINES = [
     (["--sheet", "foo"], r"sheet must be one of \['channels', 'channel_freq'\], got 'foo'"),
     (["--topo_layers", ""], "topo='spatial' needs at least one of topo_layers"),

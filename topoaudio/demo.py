@@ -21,12 +21,17 @@ SR = 20000
 
 
 def load_wav(path: str) -> np.ndarray:
-    """The first 2 s of an audio file at 20 kHz, mono, RMS 0.1 (padded if shorter)."""
-    from topoaudio.data import load_clip
+    """The first 2 s of an audio file at 20 kHz, mono, RMS 0.1 (padded if shorter). A file that is
+    not readable audio, holds NaN or infinite samples or whose channels cancel in the mono mix ends
+    the command with one line naming it and why (topoaudio.data.read_audio)."""
+    from topoaudio.data import AudioFileError, load_clip
 
     if not os.path.isfile(path):
         raise SystemExit(f"no such audio file: {path}")
-    return load_clip(path, SR, 2.0, position=0.0).double().numpy()
+    try:
+        return load_clip(path, SR, 2.0, position=0.0).double().numpy()
+    except AudioFileError as error:
+        raise SystemExit(str(error)) from None
 
 
 def save_figure(waveform: np.ndarray, coch: np.ndarray, path: str, title: str) -> None:

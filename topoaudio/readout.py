@@ -285,8 +285,13 @@ def parse(argv) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if args.out and os.path.isdir(args.out):
-        sys.exit(f"{PROG}: --out {args.out} is a directory; name a JSON file")
+    if args.out:  # where the results go, before any work (evaluate's --out check, for a file)
+        from topoaudio.analysis.evaluation import writable_file
+
+        try:
+            writable_file(args.out)
+        except ValueError as error:
+            sys.exit(f"{PROG}: --out {args.out}: {error}")
     if args.dataset == "scenes":
         from topoaudio.data import scenes
         try:  # the scenes' synthesisers are separate packages: name them before any work

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import pathlib
 import tempfile
 
@@ -534,6 +535,18 @@ def writable_directory(out_dir) -> pathlib.Path:
         raise ValueError(f"output directory {out} cannot be created or written: "
                          f"{error.strerror or error}") from None
     return out
+
+
+def writable_file(path) -> pathlib.Path:
+    """path for an output file, checked before any work: not a directory, its directory created if
+    needed and proven writable (writable_directory), and the file itself writable if it exists."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"output file {path} is a directory; name a file")
+    writable_directory(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"output file {path} exists and cannot be written")
+    return path
 
 
 def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu", shuffles: int = 100,

@@ -3,9 +3,19 @@ from a seed (no files, no network); `scenes` mixes words (speech.py, espeak-ng),
 (music.py, a SoundFont) and textures into multi-task scenes from installed packages; `datasets` reads
 published datasets from a directory you name."""
 from .builtin import demo_sound
-from .datasets import ESC50, AudioFileDataset, NSynth, SpeechCommands, WordSpeakerNoise, load_clip
+from .datasets import (
+    ESC50,
+    AudioFileDataset,
+    AudioFileError,
+    NSynth,
+    SpeechCommands,
+    WordSpeakerNoise,
+    load_clip,
+    read_audio,
+)
 from .procedural import CLASSES, ProceduralSounds
 from .scenes import SpeechMusicScenes
 
-__all__ = ["demo_sound", "CLASSES", "ProceduralSounds", "AudioFileDataset", "SpeechCommands", "ESC50",
-           "NSynth", "WordSpeakerNoise", "load_clip", "SpeechMusicScenes"]
+__all__ = ["demo_sound", "CLASSES", "ProceduralSounds", "AudioFileDataset", "AudioFileError",
+           "SpeechCommands", "ESC50", "NSynth", "WordSpeakerNoise", "load_clip", "read_audio",
+           "SpeechMusicScenes"]

@@ -6,9 +6,11 @@ default), read with soundfile, resampled with torchaudio when the file's rate di
 RMS 0.1 (a silent clip stays all zeros).
 
 Unreadable files are found lazily, when an item is loaded, so that construction stays as fast as listing
-a directory: a file that fails to decode is logged (warning naming it), listed in ``skipped``, never
-tried again, and replaced by the next readable item (index + 1, + 2, ..., wrapping around), so an epoch
-never dies on one bad file and the substitute is deterministic. The record of unreadable files is one
+a directory: a file that fails to decode, holds NaN or infinite samples, or whose channels cancel in the
+mono mix (``read_audio``; ``load_clip`` raises ``AudioFileError`` naming the file and why) is logged
+(warning naming it), listed in ``skipped``, never tried again, and replaced by the next readable item
+(index + 1, + 2, ..., wrapping around), so an epoch never dies on one bad file and the substitute is
+deterministic. The record of unreadable files is one
 flag per item in shared memory, so what DataLoader workers find is seen by the main process too (the
 training loop logs the count); ``find_unreadable()`` decodes every file up front for the full list.
 
@@ -38,6 +40,59 @@ _DECODE_ERRORS = (RuntimeError, OSError, ValueError)
 
 # --- one clip ----------------------------------------------------------------------------------------
 
+# A mono mix this far (60 dB) below its loudest channel is the channels cancelling (e.g. L = x,
+# R = -x), not a sound: normalising it would scale up whatever residue is left.
+CANCELLED_MIX = 1e-3
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot stand for its sound: not decodable as audio, samples that are not
+    finite, or channels that cancel in the mono mix. The message names the file; `reason` is the
+    same without it."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # pickled across DataLoader workers with both arguments
+        return type(self), (self.path, self.reason)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def audio_problem(audio: np.ndarray) -> str | None:
+    """What makes decoded samples [frames, channels] unusable as one mono sound (samples that are
+    not finite; channels that cancel when averaged to mono), or None."""
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        return f"{bad} of its {audio.size} samples {'is' if bad == 1 else 'are'} NaN or infinite"
+    if audio.shape[1] > 1 and audio.shape[0] > 0:
+        centred = audio.astype(np.float64) - audio.mean(axis=0, dtype=np.float64)
+        loudest = float(np.sqrt((centred ** 2).mean(axis=0)).max())
+        mixed = float(np.sqrt((centred.mean(axis=1) ** 2).mean()))
+        if loudest > 0 and mixed < CANCELLED_MIX * loudest:
+            level = (f"{-20 * np.log10(mixed / loudest):.0f} dB below its loudest channel"
+                     if mixed > 0 else "silent")
+            return (f"its {audio.shape[1]} channels cancel when mixed to mono (the mix is {level}; "
+                    "a channel in antiphase?)")
+    return None
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """(samples float32 [frames, channels], sample rate) of an audio file. AudioFileError naming the
+    file when it is not readable audio or the samples are unusable (audio_problem)."""
+    try:
+        audio, file_sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except _DECODE_ERRORS as error:
+        raise AudioFileError(path, f"not readable audio ({_one_line(error)})") from None
+    problem = audio_problem(audio)
+    if problem:
+        raise AudioFileError(path, problem)
+    return audio, int(file_sr)
+
+
 def normalise(waveform: torch.Tensor) -> torch.Tensor:
     """Demean and scale to RMS 0.1; an all-zero (or constant) clip comes back as zeros, never NaN."""
     waveform = waveform - waveform.mean()
@@ -57,8 +112,9 @@ def fit_length(waveform: torch.Tensor, samples: int, position: float = 0.5) -> t
 
 def load_clip(path: str | Path, sr: int = 20000, seconds: float = 2.0, position: float = 0.5) -> torch.Tensor:
     """Read an audio file as float32 [round(sr * seconds)]: mono, resampled to `sr`, fitted by
-    `fit_length(..., position)`, normalised. Raises whatever soundfile raises for an unreadable file."""
-    audio, file_sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    `fit_length(..., position)`, normalised. AudioFileError (a ValueError naming the file) for a file
+    that is not readable audio, holds non-finite samples or whose channels cancel (read_audio)."""
+    audio, file_sr = read_audio(path)
     waveform = torch.from_numpy(audio.mean(axis=1))
     if file_sr != sr and waveform.numel() > 0:
         waveform = torchaudio.functional.resample(waveform, int(file_sr), int(sr))
@@ -123,7 +179,8 @@ class AudioFileDataset(torch.utils.data.Dataset):
 
     def _mark_unreadable(self, index: int, error: Exception) -> None:
         self._unreadable[index] = True
-        log.warning("skipping unreadable audio file %s (%s)", self.items[index][0], error)
+        log.warning("skipping unreadable audio file %s (%s)", self.items[index][0],
+                    getattr(error, "reason", error))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         waveform, used = self.load(index)
@@ -150,7 +207,7 @@ class AudioFileDataset(torch.utils.data.Dataset):
         for index in range(len(self.items)):
             if not self._unreadable[index]:
                 try:
-                    soundfile.read(str(self.items[index][0]))
+                    read_audio(self.items[index][0])
                 except _DECODE_ERRORS as error:
                     self._mark_unreadable(index, error)
         return self.skipped

@@ -15,7 +15,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from .datasets import load_clip
+from .datasets import AudioFileError, load_clip
 from .nh2015_files import N_SOUNDS, load_components
 
 # The published set: every sound is 2.0 s at 44.1 kHz (README of the natsound165 repository).
@@ -137,10 +137,12 @@ def load_natsound165(directory, sr: int = 20000, seconds: float = 2.0) -> NatSou
         try:
             # the first 2 s (SCIENCE.md section 7), not a centre crop
             clip = load_clip(wavs[name], sr, seconds, position=0.0)
-        except _DECODE_ERRORS as error:  # the header was fine but the samples are not
+        except AudioFileError as error:  # the header was fine but the samples are not
+            _raise_for([(wavs[name], error.reason)])
+        except _DECODE_ERRORS as error:
             _raise_for([(wavs[name], f"unreadable ({str(error).strip() or type(error).__name__})")])
-        if not clip.abs().max() > 0:  # normalise turns silence (or NaN) into zeros
-            _raise_for([(wavs[name], "silent (every sample is zero) or not finite")])
+        if not clip.abs().max() > 0:  # normalise leaves silence as zeros
+            _raise_for([(wavs[name], "silent (every sample is zero)")])
         waveforms.append(torch.as_tensor(clip, dtype=torch.float32))
     return NatSound165(names, [categories[name] for name in names], torch.stack(waveforms),
                        component_names, components)

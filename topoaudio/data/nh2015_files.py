@@ -13,6 +13,8 @@ import scipy.io
 import torch
 
 N_SOUNDS = 165
+# The six voxel components of NH2015 (docs/SCIENCE.md section 7), in the published file's order.
+COMPONENTS = ("lowfreq", "highfreq", "envsounds", "pitch", "speech", "music")
 
 
 def stimulus_name(raw) -> str:
@@ -52,7 +54,8 @@ def load_components(natsound_dir, order=None):
     """The NH2015 voxel components from `components.mat` in a natsound165 directory.
 
     Returns (stim_names [165] list, component_names [6] list, R [165, 6] float64 tensor), rows in the
-    file's stim_names order, or in `order` (a list of stimulus names) when given.
+    file's stim_names order, or in `order` (a list of stimulus names) when given. The components must
+    be the six of NH2015 (COMPONENTS, each once, columns in the file's order).
     """
     path = existing_path(natsound_dir) / "components.mat"
     if not path.is_file():
@@ -67,6 +70,14 @@ def load_components(natsound_dir, order=None):
     if R.shape != (len(names), len(component_names)) or len(names) != N_SOUNDS:
         raise ValueError(f"{path}: R is {R.shape}, expected [{N_SOUNDS} sounds, {len(component_names)} "
                          f"components] matching {len(names)} stim_names")
+    missing = [name for name in COMPONENTS if name not in component_names]
+    unknown = [name for name in component_names if name not in COMPONENTS]
+    if missing or unknown or len(component_names) != len(COMPONENTS):
+        raise ValueError(f"{path}: component_names {component_names} are not the {len(COMPONENTS)} "
+                         f"NH2015 components {', '.join(COMPONENTS)}"
+                         + (f"; missing {missing}" if missing else "")
+                         + (f"; unknown {unknown}" if unknown else "")
+                         + ("" if missing or unknown else "; a component is listed twice"))
     if order is not None:
         names, R = reorder_rows(R, names, order, str(path))
     return names, component_names, torch.from_numpy(np.ascontiguousarray(R))

@@ -1,7 +1,9 @@
 """The training loop: DDP on one CPU, one GPU or many nodes (torchrun), exact resume.
 
 Data order is a pure function of (seed, step): a resumed run reads the same batches, with the same
-RNG state, as a run that never stopped. Rank 0 logs JSON lines and shows a progress bar.
+RNG state, as a run that never stopped. Rank 0 holds the run directory's lock for the whole run
+(run_dir.RunLock: a second run or resume on the same directory is refused, naming the owner's pid),
+logs JSON lines and shows a progress bar.
 """
 from __future__ import annotations
 
@@ -172,10 +174,36 @@ def _train(config: TrainConfig | None, resume: bool, requested: dict, started: f
     out = requested.get("out") or (
         (run_dir.latest_run() if resume else run_dir.default_out(config)) if rank == 0 else "")
     out = _from_rank_0(out, world)
+    if resume and not out:
+        raise FileNotFoundError("--resume: no run with a checkpoint under runs/; pass --out DIR")
+    lock = _lock_run_dir(out, resume, rank, world)
+    try:
+        return _run(config, resume, requested, started, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_dir(out: str, resume: bool, rank: int, world: int) -> run_dir.RunLock | None:
+    """Rank 0 locks the run directory before anything reads or writes it, so that one run owns
+    it; every rank raises rank 0's refusal. A resume of a directory that is not there takes no
+    lock (loading its checkpoint then says what is missing)."""
+    lock, failure = None, None
+    if rank == 0 and (not resume or os.path.exists(out)):
+        try:
+            lock = run_dir.RunLock.acquire(out, create=not resume)
+        except (OSError, ValueError) as error:
+            failure = error
+    failure = _from_rank_0(failure, world)
+    if failure is not None:
+        raise failure
+    return lock
+
+
+def _run(config: TrainConfig | None, resume: bool, requested: dict, started: float,
+         out: str) -> dict:
     ckpt_path = os.path.join(out, checkpoint.CHECKPOINT_NAME)
     if resume:
-        if not out:
-            raise FileNotFoundError("--resume: no run with a checkpoint under runs/; pass --out DIR")
         state = checkpoint.load(ckpt_path)
         if isinstance(state.get("config"), dict):  # a run saved before a setting existed resumes
             state["config"] = {**copy.deepcopy(ADDED_SETTINGS), **state["config"]}

@@ -1,8 +1,11 @@
-"""The run directory: where a run's files go, what a new run may not overwrite, and how a resumed
-run takes its settings from its own checkpoint and drops the log lines written after it."""
+"""The run directory: where a run's files go, what a new run may not overwrite, the lock that makes
+it one run's own, and how a resumed run takes its settings from its own checkpoint and drops the log
+lines written after it."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import time
@@ -14,6 +17,9 @@ from .config import TrainConfig, check_keys
 RUNS_ROOT = "runs"
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
+# Held (fcntl.flock) by the run that owns the directory, for the run's lifetime; it holds the
+# owner's pid. The OS releases the lock of a killed run, so a stale file never blocks a resume.
+LOCK_NAME = "run.lock"
 # What a resumed run may change: its length and how often it logs, evaluates and saves. Everything
 # else defines the experiment, so changing it would not continue the same run.
 CHANGEABLE_ON_RESUME = ("steps", "out", "log_every", "eval_every", "checkpoint_every", "num_workers")
@@ -33,7 +39,8 @@ def latest_run(root: str = RUNS_ROOT) -> str:
 
 
 def check_new_run(out: str) -> None:
-    """A new run never writes into another run's files."""
+    """A new run never writes into another run's files (RunLock.acquire, before it, refuses an
+    `out` that is a file)."""
     taken = [name for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME)
              if os.path.exists(os.path.join(out, name))]
     if taken:
@@ -41,6 +48,97 @@ def check_new_run(out: str) -> None:
                 else "it has no checkpoint to resume from: remove them")
         raise FileExistsError(f"{out} already holds {', '.join(taken)}: {hint}, or choose another "
                               "--out, so that nothing is overwritten")
+
+
+class RunDirectoryInUse(FileExistsError):
+    """Another live run holds the run directory's lock."""
+
+
+class RunLock:
+    """The exclusive lock on a run directory: `RunLock.acquire(out)` before anything is written
+    into it, `release()` when the run ends (also after an error). Only rank 0 takes it."""
+
+    def __init__(self, out: str, fd: int, created_dir: bool):
+        self.out, self.path, self._fd, self._created_dir = out, os.path.join(out, LOCK_NAME), fd, created_dir
+
+    @classmethod
+    def acquire(cls, out: str, create: bool = True) -> RunLock:
+        """Lock `out` (made when `create` and absent). RunDirectoryInUse names the owner's pid
+        when another run holds it; ValueError when the directory cannot be made or written."""
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise FileExistsError(f"--out {out} is an existing file, not a directory: choose another "
+                                  "--out for the run directory")
+        created_dir = create and not os.path.isdir(out)
+        path = os.path.join(out, LOCK_NAME)
+        fd = -1
+        try:
+            if create:
+                os.makedirs(out, exist_ok=True)
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as error:
+                    owner = _read_pid(fd)
+                    os.close(fd)
+                    fd = -1
+                    if error.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    raise RunDirectoryInUse(
+                        f"{out} is in use by another run (pid {owner or 'unknown'}, which holds "
+                        f"{LOCK_NAME}): wait for it to end, or choose another --out") from None
+                # the owner before us may have removed the file after we opened it: lock the file
+                # that is there now, or two runs could each hold a lock on a different file
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+                fd = -1
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except RunDirectoryInUse:
+            raise
+        except OSError as error:
+            if fd >= 0:
+                os.close(fd)
+            if created_dir:
+                _remove_if_empty(out)
+            raise ValueError(f"run directory {out} cannot be created or written: "
+                             f"{error.strerror or error}") from None
+        return cls(out, fd, created_dir)
+
+    def release(self) -> None:
+        """Remove the lock file and unlock; a directory this run made and left empty (it failed
+        before writing anything) is removed too. Safe to call twice."""
+        if self._fd < 0:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)  # also for DataLoader workers that share the descriptor
+        os.close(self._fd)
+        self._fd = -1
+        if self._created_dir:
+            _remove_if_empty(self.out)
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def resumed_config(saved: dict, requested: dict, step: int, out: str) -> TrainConfig:
