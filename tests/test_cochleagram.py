@@ -321,3 +321,20 @@ def test_nan_is_rejected_inside_the_fused_op_too():
     with pytest.raises(ValueError, match="1 NaN or Inf"):
         torch.ops.topoaudio.cochleagram(waveform, 4000, 4, 100.0, 1800.0, 2, 400, 41, True, 0.3,
                                         1e-8, 5.0, "cpp")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
+def test_two_losses_on_one_leaf_waveform_each_backward_once(backend):
+    # Issue 20 "also found": `x = 0.1 * torch.randn(..., requires_grad=True)` is not a leaf but the
+    # output of a multiply, whose graph the first backward frees: the second backward then fails
+    # in any chain of torch ops, ours or not (x * 2 alone fails the same way). On a true leaf two
+    # losses, each with its own backward, accumulate both gradients.
+    x = (0.1 * torch.randn(2, 800, dtype=torch.float64)).requires_grad_()
+    weights = [torch.rand(2, 13, 76, dtype=torch.float64) for _ in range(2)]
+    grads = []
+    for weight in weights:
+        (ops.cochleagram(x, backend=backend, **SMALL) * weight).sum().backward()
+        grads.append(x.grad.clone())
+    alone = x.detach().clone().requires_grad_()
+    (ops.cochleagram(alone, backend=backend, **SMALL) * weights[1]).sum().backward()
+    torch.testing.assert_close(grads[1] - grads[0], alone.grad)
