@@ -8,6 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "topoaudio fused kernels (C++ CPU, and CUDA when built with it)";
   m.def("cochleagram_forward_cpu", &cochleagram_forward_cpu);
   m.def("cochleagram_backward_cpu", &cochleagram_backward_cpu);
+  m.def("cochleagram_fast_forward_cpu", &cochleagram_fast_forward_cpu);
+  m.def("cochleagram_fast_backward_cpu", &cochleagram_fast_backward_cpu);
   m.def("block_worker_threads", &block_worker_threads);
   m.def("spatial_weighted_sum_cpu", &spatial_weighted_sum_cpu);
   m.def("spatial_pair_sums_cpu", &spatial_pair_sums_cpu);

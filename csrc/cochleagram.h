@@ -21,6 +21,21 @@ at::Tensor cochleagram_backward_cpu(const at::Tensor& grad_envelope, const at::T
                                     const at::Tensor& filters, const at::Tensor& bands,
                                     const at::Tensor& taps, int64_t length, int64_t stride);
 
+// The fast, approximate mode on the CPU (issue 20; csrc/cochleagram_fast_cpu.cpp has the maths).
+// bands: int64 [channels, 2] (lo, width); sizes: int64 [channels], each channel's transform size
+// M_k; response: complex [bins], the window's response Hw[m]; period = T / stride. Returns {out,
+// envelope} [rows, channels, frames]; the backward takes grad_envelope w.r.t. the uncompressed
+// envelope and returns the gradient w.r.t. the spectrum, complex [rows, T/2 + 1].
+std::vector<at::Tensor> cochleagram_fast_forward_cpu(
+    const at::Tensor& spectrum, const at::Tensor& filters, const at::Tensor& bands,
+    const at::Tensor& sizes, const at::Tensor& response, int64_t length, int64_t period,
+    int64_t n_frames, int64_t max_bin, double power, double offset, bool compress);
+at::Tensor cochleagram_fast_backward_cpu(const at::Tensor& grad_envelope,
+                                         const at::Tensor& spectrum, const at::Tensor& filters,
+                                         const at::Tensor& bands, const at::Tensor& sizes,
+                                         const at::Tensor& response, int64_t length,
+                                         int64_t period, int64_t max_bin);
+
 #ifdef WITH_CUDA
 // Stage B alone on CUDA. analytic: [rows, T, 2] real view of the complex analytic subbands;
 // taps: [W]. Returns {out [rows, frames], envelope [rows, frames]}; out is the compressed

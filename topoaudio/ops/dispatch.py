@@ -35,6 +35,14 @@ _PREFERENCE = {
 _OP_PREFERENCE = {
     ("spatial_loss", "cuda"): ("triton", "cuda", "torch", "reference"),
 }
+# Ops that only some backends implement, and why the others cannot run them. The fast cochleagram
+# (issue 20) is C++ on the CPU and batched torch.fft elsewhere (cuFFT on GPUs); it has no CUDA C++
+# or Triton kernel, and its reference is the exact definition, which is another mode.
+_OP_BACKENDS = {
+    "cochleagram_fast": (("cpp", "torch"),
+                         "mode='fast' runs on the cpp backend (CPU) or the torch backend (any "
+                         "device, batched torch.fft: cuFFT on GPUs)"),
+}
 
 _state = threading.local()
 _last: dict[str, str] = {}
@@ -58,8 +66,10 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _unavailable_reason(backend: str, device: torch.device) -> str | None:
-    """None when `backend` can run on `device`, otherwise why not."""
+def _unavailable_reason(backend: str, device: torch.device, op: str | None = None) -> str | None:
+    """None when `backend` can run `op` on `device`, otherwise why not."""
+    if op in _OP_BACKENDS and backend not in _OP_BACKENDS[op][0]:
+        return f"it has no {backend} kernel: {_OP_BACKENDS[op][1]}"
     if backend in ("torch", "reference"):
         return None
     if backend == "cpp":
@@ -85,7 +95,8 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
 def available_backends(device: torch.device | str, op: str | None = None) -> list[str]:
     """Backends that can run on `device` (for `op`, when given), fastest first."""
     device = torch.device(device)
-    return [name for name in automatic_order(op, device) if _unavailable_reason(name, device) is None]
+    return [name for name in automatic_order(op, device)
+            if _unavailable_reason(name, device, op) is None]
 
 
 def choose(op: str, device: torch.device | str, requested: str | None = "auto") -> str:
@@ -100,7 +111,7 @@ def choose(op: str, device: torch.device | str, requested: str | None = "auto") 
         name = available_backends(device, op)[0]
         _warn_if_fallback(op, device, name)
     else:
-        reason = _unavailable_reason(requested, device)
+        reason = _unavailable_reason(requested, device, op)
         if reason is not None:
             raise ValueError(f"{op}: backend {requested!r} cannot run here: {reason}")
         name = requested
@@ -121,6 +132,8 @@ def automatic_order(op: str | None, device: torch.device | str) -> list[str]:
         never.add("triton")
     if device.type != "cuda" or (ext is not None and not ext.with_cuda):
         never.add("cuda")
+    if op in _OP_BACKENDS:
+        order = [name for name in order if name in _OP_BACKENDS[op][0]]
     return [name for name in order if name not in never]
 
 
@@ -130,7 +143,7 @@ def _warn_if_fallback(op: str, device: torch.device, name: str) -> None:
         return
     _warned.add((op, device.type))
     warnings.warn(f"{op}: the {first} backend cannot run on {device.type} tensors "
-                  f"({_unavailable_reason(first, device)}); using the slower {name} backend",
+                  f"({_unavailable_reason(first, device, op)}); using the slower {name} backend",
                   RuntimeWarning, stacklevel=4)
 
 
