@@ -89,16 +89,26 @@ setup(
     package_data={"topoaudio": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.11.0",
-        "torchaudio==2.11.0",
+        # the minor version the tests and the GPU machines run (bench/RESULTS.md); patch releases
+        # keep the ABI the extension was built against
+        "torch>=2.11,<2.12",
+        "torchaudio>=2.11,<2.12",
         "numpy<2.4",
+        "scipy",  # topoaudio.brain, the analyses, the procedural and scene synthesisers
         "soundfile",
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "scipy"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark"],
+        # the speech_music_scenes dataset: espeak-ng and the SoundFont. Its renderer tinysoundfont
+        # goes beside it without dependencies (its one dependency, pyaudio, is live playback and
+        # needs PortAudio headers): pip install --no-deps tinysoundfont==0.3.7
+        "scenes": ["espeakng-loader==0.2.4", "pretty-midi==0.2.11.post0"],
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "develop": DevelopWithTheToolsHere},
+    # `topoaudio {train,evaluate,demo,readout}`; `python -m topoaudio` is the same
     entry_points={"console_scripts": ["topoaudio=topoaudio.cli:main",
                                       "topoaudio-demo=topoaudio.demo:main"]},
 )

@@ -122,6 +122,33 @@ def test_a_map_of_the_row_alone_is_smooth_but_has_no_within_band_structure():
     assert frequency_bands(channels_sheet("block", 64)) is None
 
 
+def test_the_layout_null_keeps_what_the_sheet_builds_in_and_tests_the_arrangement():
+    """On a channel_freq sheet a map that depends on the channel alone (a random value per channel,
+    the same in every row: what any network's channels give) is 'significant' for Moran's I, since
+    a channel's units neighbour each other across rows; against permutations of the channels'
+    places it is not. Channels arranged so that grid neighbours are alike are significant against
+    both. Silent units move with their channel."""
+    from topoaudio.analysis.controls import layout_null_test
+
+    sheet = channel_freq_sheet("block", n_channels=16, n_freqs=40, seed=0)
+    generator = torch.Generator().manual_seed(1)
+
+    def noise():
+        return 0.05 * torch.randn(640, generator=generator, dtype=torch.float64)
+
+    channel_only = torch.randn(16, generator=generator, dtype=torch.float64).repeat(40) + noise()
+    assert morans_i_test(channel_only, sheet.positions, n_permutations=199)["z"] > 10
+    layout = layout_null_test(channel_only, sheet.positions, 16, n_permutations=199)
+    assert layout["p"] > 0.05 and abs(layout["z"]) < 3
+    arranged = (torch.arange(16) % 4).double().repeat(40) + noise()   # grid columns: neighbours alike
+    arranged[torch.arange(640) % 16 == 5] = float("nan")             # a silent channel
+    layout = layout_null_test(arranged, sheet.positions, 16, n_permutations=199)
+    assert layout["p"] == pytest.approx(2 / 200) and layout["z"] > 5
+    assert math.isnan(layout_null_test(torch.ones(640), sheet.positions, 16, n_permutations=9)["p"])
+    with pytest.raises(ValueError, match="not rows of 30 channels"):
+        layout_null_test(arranged, sheet.positions, 30)
+
+
 def test_within_band_keeps_nan_and_checks_its_input():
     values = torch.tensor([1.0, float("nan"), 3.0, 10.0, 20.0])
     bands = torch.tensor([0, 0, 0, 1, 1])

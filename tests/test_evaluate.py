@@ -396,7 +396,7 @@ def test_every_checkpoint_is_loaded_before_any_is_measured(fault, checkpoints, s
     if data is not None:
         bad.write_bytes(data)
     measured = []
-    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda *a, **k: measured.append(a))
+    monkeypatch.setattr(evaluation, "measure_subject", lambda *a, **k: measured.append(a))
     message = refused(["--checkpoint", checkpoints[0], "--checkpoint", str(bad), "--natsound165",
                        str(synthetic_natsound165), "--out", str(tmp_path / "out")])
     assert str(bad) in message and measured == []

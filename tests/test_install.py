@@ -101,3 +101,12 @@ def test_wheel_holds_the_kernels_as_topoaudio_kernels(source_copy, fresh_venv, t
     assert kernel_files and kernel_files <= names
     assert "topoaudio/ops/cochleagram.py" in names
     assert not any(name.startswith("kernels/") for name in names)
+    # what a plain install pulls in and offers (issue 22): scipy at run time, the scenes as an extra,
+    # a torch range, the console script and `python -m topoaudio`
+    archive = zipfile.ZipFile(wheel)
+    info = next(name for name in names if name.endswith(".dist-info/METADATA"))
+    metadata = archive.read(info).decode()
+    assert "Requires-Dist: scipy" in metadata and "Requires-Dist: torch<2.12,>=2.11" in metadata
+    assert "Provides-Extra: scenes" in metadata and 'espeakng-loader==0.2.4; extra == "scenes"' in metadata
+    entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+    assert "topoaudio = topoaudio.cli:main" in entry_points and "topoaudio/__main__.py" in names

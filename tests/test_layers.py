@@ -15,7 +15,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Top to bottom, as docs/DESIGN.md draws them. A module belongs to the layer of its longest prefix.
 LAYERS = (
-    ("entry points", ("topoaudio.demo", "topoaudio.evaluate", "topoaudio.cli", "topoaudio.readout")),
+    ("entry points", ("topoaudio.demo", "topoaudio.evaluate", "topoaudio.cli", "topoaudio.readout",
+                      "topoaudio.__main__")),
     ("analysis", ("topoaudio.analysis",)),
     ("brain", ("topoaudio.brain",)),
     ("training", ("topoaudio.training",)),
@@ -25,6 +26,8 @@ LAYERS = (
     ("data", ("topoaudio.data",)),
     ("ops", ("topoaudio.ops",)),
     ("kernels / _C", ("topoaudio.kernels", "topoaudio._C")),
+    # argparse helpers for every command: no topoaudio imports, no torch
+    ("command line", ("topoaudio.commandline",)),
     # the package's __init__ runs before any of its modules, so it may import none of them
     ("package root", ("topoaudio",)),  # itself only: topoaudio.X is in no layer until placed above
 )

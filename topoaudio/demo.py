@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from topoaudio.commandline import DefaultsFormatter
 from topoaudio.data import demo_sound
 from topoaudio.ops import cochleagram, dispatch
 from topoaudio.ops.cochlear_filters import CochleagramConfig, channel_center_freqs
@@ -102,10 +103,12 @@ def scene_demo(out: str, backend: str = "auto", count: int = 6) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="topoaudio demo", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsFormatter)
     parser.add_argument("--wav", help="audio file to analyse (default: the built-in sound)")
-    parser.add_argument("--out", default="outputs", help="directory for the PNG (default: outputs)")
-    parser.add_argument("--backend", default="auto", choices=("auto",) + dispatch.BACKENDS)
+    parser.add_argument("--out", default="outputs", help="directory for the PNG")
+    parser.add_argument("--backend", default="auto", choices=("auto",) + dispatch.BACKENDS,
+                        help="the cochleagram's backend (auto: the fastest here)")
     parser.add_argument("--scene", action="store_true",
                         help="write example speech / music / environment scenes (WAV, labels.json, PNG)")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from topoaudio.evaluate import OneLineParser
+from topoaudio.commandline import OneLineParser
 
 PROG = "topoaudio readout"
 DATASETS = ("esc50", "nsynth", "speech_commands", "scenes")
@@ -263,19 +263,21 @@ def _positive(kind):
 def parse(argv) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="what to read out")
     parser.add_argument("--data_root", default="", help="the dataset's directory (not for scenes)")
     parser.add_argument("--layer", default=None, help="a tap of the model (default: its last)")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch_size", type=_positive(int), default=16)
+    parser.add_argument("--batch_size", type=_positive(int), default=16, help="clips per forward pass")
     parser.add_argument("--penalties", type=_positive(float), nargs="+", default=list(PENALTIES),
                         help="ridge penalties to cross-validate")
     parser.add_argument("--max_items", type=int, default=0,
                         help="nsynth / speech_commands: at most this many items per split, drawn at "
                              "random (0: all)")
-    parser.add_argument("--scenes_train", type=_positive(int), default=600)
-    parser.add_argument("--scenes_test", type=_positive(int), default=300)
+    parser.add_argument("--scenes_train", type=_positive(int), default=600,
+                        help="scenes: clips to train the readout on")
+    parser.add_argument("--scenes_test", type=_positive(int), default=300,
+                        help="scenes: clips to test it on")
     parser.add_argument("--seed", type=int, default=0, help="CV folds, subsets and scenes")
     args = parser.parse_args(argv)
     if args.max_items < 0:

@@ -6,11 +6,14 @@ Holm-adjusted, parity by equivalence tests; figures, a metrics JSON and a Markdo
 (docs/SCIENCE.md 6-8)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import os
 import pathlib
+import shutil
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from tqdm import tqdm
 from topoaudio.analysis.controls import (
     POSITION_SHUFFLE_SEED,
     frequency_bands,
+    layout_null_test,
     shuffled_positions,
     untrained_twin,
 )
@@ -44,17 +48,31 @@ AM_RATES = log_spaced(2.0, 256.0, 8)
 
 @torch.no_grad()
 def layer_responses(model, sheets: dict, waveforms: torch.Tensor, device="cpu", batch_size: int = 16,
-                    desc: str = "stimuli") -> dict:
-    """{layer: unit responses [n_stimuli, N]} for every sheet, from one pass over the stimuli."""
+                    desc: str = "stimuli", prepare=None, readers: dict | None = None) -> dict:
+    """{layer: unit responses [n_stimuli, N]} for every sheet, from one pass over the stimuli.
+
+    prepare: waveforms [B, T] at 20 kHz (on `device`) -> the model's input (None: the waveforms);
+    readers: {layer: its output -> activations as its sheet reads them} (None: the output itself).
+    A response that is NaN or infinite is an error naming the layer and the stimuli."""
     model = model.to(device)
     chunks: dict[str, list] = {layer: [] for layer in sheets}
     for start in tqdm(range(0, len(waveforms), batch_size), desc=desc, leave=False):
         batch = waveforms[start:start + batch_size].to(device)
         with tapped(model, list(sheets)) as features:
-            model(batch)
+            model(batch if prepare is None else prepare(batch))
         for layer, sheet in sheets.items():
-            chunks[layer].append(sheet.responses(features[layer]).float().cpu())
-    return {layer: torch.cat(parts) for layer, parts in chunks.items()}
+            if layer not in features:
+                raise ValueError(f"layer {layer!r} did not run in the model's forward pass ({desc})")
+            output = features[layer] if readers is None else readers[layer](features[layer])
+            chunks[layer].append(sheet.responses(output).float().cpu())
+    responses = {layer: torch.cat(parts) for layer, parts in chunks.items()}
+    for layer, values in responses.items():
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            stimulus, unit = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"layer {layer!r} gave {int(bad.sum())} NaN or infinite responses to the "
+                             f"{desc} (the first: stimulus {stimulus}, unit {unit})")
+    return responses
 
 
 # Map name -> (what it maps, colour bar label). Tonotopy within bands: see controls.frequency_bands.
@@ -103,12 +121,15 @@ def _scalar(value):
     return value
 
 
-def _responses(model, sheets: dict, natsound: NatSound165, device, label: str = "") -> dict:
+def _responses(model, sheets: dict, natsound: NatSound165, device, label: str = "", prepare=None,
+               readers: dict | None = None) -> dict:
     """{"tones" | "am" | "natural": {layer: responses [n_stimuli, N]}} of one model."""
-    return {"tones": layer_responses(model, sheets, pure_tones(TONE_FREQS), device, desc=f"tones{label}"),
-            "am": layer_responses(model, sheets, am_noise(AM_RATES), device, desc=f"AM noise{label}"),
-            "natural": layer_responses(model, sheets, natsound.waveforms, device,
-                                       desc=f"natural sounds{label}")}
+    def run(waveforms, desc):
+        return layer_responses(model, sheets, waveforms, device, desc=f"{desc}{label}", prepare=prepare,
+                               readers=readers)
+
+    return {"tones": run(pure_tones(TONE_FREQS), "tones"), "am": run(am_noise(AM_RATES), "AM noise"),
+            "natural": run(natsound.waveforms, "natural sounds")}
 
 
 def _maps(responses: dict, layer: str, sheet, categories) -> dict:
@@ -145,6 +166,10 @@ def _condition_layers(responses: dict, sheets: dict, natsound: NatSound165, shuf
                 measured[id(values)] = _map_statistics(values, positions, shuffles, permutations, seed)
             scalars, full = measured[id(values)]
             layer_metrics[name] = dict(scalars)
+            if name in PRIMARY_MAPS and sheet.kind == "channel_freq":
+                layout = layout_null_test(values, positions, sheet.n_channels, MORAN_NEIGHBOURS,
+                                          permutations, seed)
+                layer_metrics[name]["layout_null"] = {key: layout[key] for key in ("morans_i", "z", "p")}
             if figures is not None and full is not None:
                 _draw(values, positions, full, name, layer, *figures)
             progress.update()
@@ -198,6 +223,14 @@ def primary_tests(layers: dict) -> list[dict]:
     adjusted = holm([None if test["p"] != test["p"] else test["p"] for test in tests])
     for test, p_holm in zip(tests, adjusted, strict=True):
         test["p_holm"] = p_holm
+    # channel_freq sheets: the same maps against the layout null (controls.layout_null_test), Holm
+    # over the same family
+    layouts = [layers[t["layer"]][t["map"]].get("layout_null") for t in tests]
+    if any(layout is not None for layout in layouts):
+        ps = [None if layout is None or layout["p"] != layout["p"] else layout["p"] for layout in layouts]
+        for test, layout, p_holm in zip(tests, layouts, holm(ps), strict=True):
+            if layout is not None:
+                test.update(layout_z=layout["z"], layout_p=layout["p"], layout_p_holm=p_holm)
     return tests
 
 
@@ -235,38 +268,112 @@ def cochleagram_baseline(natsound: NatSound165, batch_size: int = 16) -> dict:
     return _brain_scores({"cochleagram": spectra}, natsound, " (cochleagram)")["cochleagram"]
 
 
-def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
-                        source: str = "", permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
-    """Every measurement for one loaded checkpoint (model, sheets, config: checkpoint.load_trained)
-    and its two controls (controls.py): the untrained network on the same sheets, and the trained
-    responses on shuffled positions. Figures of the trained maps under out_dir; returns the metrics,
-    labelled with `source` (the checkpoint's path)."""
+@dataclasses.dataclass
+class Subject:
+    """One model to measure, however it came: a checkpoint (``checkpoint_subject``) or a model a
+    user built (``analysis.any_model.measure_model``). Both go through ``measure_subject``.
+
+    model: the network, in eval mode; sheets: {layer: CorticalSheet} (what a unit is, where it
+    sits); untrained: a zero-argument callable building its untrained control, in eval mode, with
+    the same layers; info: labels copied to the top of its metrics (checkpoint, model, topo, seed,
+    sheet, val_accuracy, ...); seed: seeds the nulls; title: the figures' subtitle; prepare and
+    readers: as in ``layer_responses`` (None for topoaudio's own models)."""
+
+    model: torch.nn.Module
+    sheets: dict
+    untrained: Callable[[], torch.nn.Module]
+    info: dict
+    seed: int = 0
+    title: str = ""
+    prepare: Callable | None = None
+    readers: dict | None = None
+
+
+def checkpoint_subject(trained: tuple, source: str = "") -> Subject:
+    """The Subject of one loaded checkpoint (model, sheets, config: checkpoint.load_trained),
+    labelled with `source` (its path); its control is ``controls.untrained_twin(config)``."""
     model, sheets, config = trained
+    info = {"checkpoint": source, **{key: config[key] for key in ("model", "topo", "seed")},
+            "sheet": config.get("sheet"), "val_accuracy": final_val_accuracy(source)}
+    return Subject(model, sheets, lambda: untrained_twin(config), info, config["seed"],
+                   f"{config['topo']}, seed {config['seed']}")
+
+
+def measure_subject(subject: Subject, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
+                    permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
+    """Every measurement of one model and its two controls (controls.py): the untrained network on
+    the same sheets, and the model's responses on shuffled positions; each primary test of the
+    model is marked with what the controls say (``attribute``). Figures of the model's maps under
+    out_dir; returns the metrics."""
+    sheets = subject.sheets
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    responses = {"trained": _responses(model, sheets, natsound, device)}
-    responses["untrained"] = _responses(untrained_twin(config), sheets, natsound, device, " (untrained)")
+    settings = {"prepare": subject.prepare, "readers": subject.readers}
+    responses = {"trained": _responses(subject.model, sheets, natsound, device, **settings)}
+    responses["untrained"] = _responses(subject.untrained(), sheets, natsound, device, " (untrained)",
+                                        **settings)
     responses["shuffled_positions"] = responses["trained"]
     # positions do not enter the regression: the shuffled-positions control has the trained scores
     brain = {"trained": _brain_scores(responses["trained"]["natural"], natsound),
              "untrained": _brain_scores(responses["untrained"]["natural"], natsound, " (untrained)"),
              "shuffled_positions": None}
-    metrics = {"checkpoint": source, **{key: config[key] for key in ("model", "topo", "seed")},
-               "sheet": config.get("sheet"), "val_accuracy": final_val_accuracy(source),
-               "position_shuffle_seed": POSITION_SHUFFLE_SEED, "moran_neighbours": MORAN_NEIGHBOURS,
-               "permutations": permutations, "primary_maps": list(PRIMARY_MAPS), "controls": {}}
+    metrics = {**subject.info, "position_shuffle_seed": POSITION_SHUFFLE_SEED,
+               "moran_neighbours": MORAN_NEIGHBOURS, "permutations": permutations,
+               "primary_maps": list(PRIMARY_MAPS), "controls": {}}
     progress = tqdm(total=len(CONDITIONS) * len(sheets) * len(MAPS), desc="map statistics", leave=False)
     for condition in CONDITIONS:
-        figures = (out, f"{config['topo']}, seed {config['seed']}") if condition == "trained" else None
+        figures = (out, subject.title) if condition == "trained" else None
         layers = _condition_layers(responses[condition], sheets, natsound, shuffles, permutations,
-                                   config["seed"], progress, condition, figures, brain[condition])
+                                   subject.seed, progress, condition, figures, brain[condition])
         entry = {"layers": layers, "primary": primary_tests(layers)}
         if condition == "trained":
             metrics.update(entry)
         else:
             metrics["controls"][condition] = entry
     progress.close()
+    attribute(metrics["primary"], {name: entry["primary"] for name, entry in metrics["controls"].items()})
     return metrics
+
+
+def evaluate_checkpoint(trained: tuple, natsound: NatSound165, out_dir, device="cpu", shuffles: int = 100,
+                        source: str = "", permutations: int = DEFAULT_N_PERMUTATIONS) -> dict:
+    """``measure_subject`` of one loaded checkpoint (model, sheets, config: checkpoint.load_trained),
+    labelled with `source` (the checkpoint's path)."""
+    return measure_subject(checkpoint_subject(trained, source), natsound, out_dir, device, shuffles,
+                           permutations)
+
+
+# A primary test is significant when its Holm-adjusted p is below this.
+SIGNIFICANCE = 0.05
+
+
+def _significant(test: dict) -> bool:
+    p = test.get("p_holm")
+    return p is not None and p == p and p < SIGNIFICANCE
+
+
+def attribute(primary: list[dict], controls: dict) -> None:
+    """Marks each primary test of the model (in place) with "flagged_by": the controls ({name:
+    their primary tests}) whose same layer and map is significant with the same sign of z, and on
+    channel_freq sheets "sheet layout" when the map is not significant (Holm) with that sign against
+    the layout null (controls.layout_null_test: the arrangement of the channels adds nothing to what
+    the layout builds in); and a "verdict": "model" (significant, and nothing flags it: the one
+    result credited to the model), "flagged by controls" (significant, but the sheet, the
+    architecture or the statistic gives it, not what the model learned) or "not significant"."""
+    by_control = {name: {(t["layer"], t["map"]): t for t in tests} for name, tests in controls.items()}
+    for test in primary:
+        flagged = []
+        if _significant(test):
+            for name, tests in by_control.items():
+                other = tests.get((test["layer"], test["map"]))
+                if other is not None and _significant(other) and (other["z"] > 0) == (test["z"] > 0):
+                    flagged.append(name)
+            if "layout_p_holm" in test and not (_significant({"p_holm": test["layout_p_holm"]})
+                                                and (test["layout_z"] > 0) == (test["z"] > 0)):
+                flagged.append("sheet layout")
+        test["flagged_by"] = flagged
+        test["verdict"] = ("not significant" if not _significant(test)
+                           else "flagged by controls" if flagged else "model")
 
 
 def compared_pairs(groups) -> list[tuple[str, str]]:
@@ -293,7 +400,7 @@ def summarise(runs: list[dict]) -> dict:
 
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        groups.setdefault(run["topo"], []).append(run)
+        groups.setdefault(group_of(run), []).append(run)
     measures: dict[str, dict[str, list[float]]] = {}
     for group, members in groups.items():
         for run in members:
@@ -325,6 +432,12 @@ def summarise(runs: list[dict]) -> dict:
         for test, p_holm in zip(tests, holm([test["p"] for test in tests]), strict=True):
             test["p_holm"] = p_holm
     return summary
+
+
+def group_of(run: dict) -> str:
+    """The group a run is compared in: its checkpoint's topo setting, else (a user's model) its
+    model's name."""
+    return run["topo"] if run.get("topo") is not None else str(run.get("model"))
 
 
 def _is_primary(key: str) -> bool:
@@ -366,7 +479,13 @@ def _number(x, spec: str) -> str:
 
 
 def _run_lines(index: int, run: dict) -> list[str]:
-    lines = [f"## {run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})", "",
+    if run.get("checkpoint"):
+        title = f"{run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})"
+    else:  # a user's model (analysis.any_model)
+        rate = f" at {run['sample_rate']} Hz" if run.get("sample_rate") else ""
+        title = (f"{run.get('source') or run['model']} ({run['model']}, input: {run.get('input')}{rate}; "
+                 f"untrained control: {run.get('untrained_control')}; seed {run['seed']})")
+    lines = [f"## {title}", "",
              "| layer | units | tonotopy smooth. (null 95 %) | AM smooth. | music/speech smooth. | "
              "Moran's I (BF) | music / speech patches | median R² speech | median R² music |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -383,6 +502,11 @@ def _run_lines(index: int, run: dict) -> list[str]:
                      f"{_number(r2.get('speech'), '.3f')} | {_number(r2.get('music'), '.3f')} |")
     controls = run.get("controls", {})
     conditions = [("trained", run)] + [(name, controls[name]) for name in CONDITIONS[1:] if name in controls]
+    if run.get("layouts"):
+        lines += ["", "Layers: " + "; ".join(
+            f"`{layer}` {layout}, {run['layers'][layer]['n_units']} units on a "
+            f"{run['sheet'][layer]} sheet ({run['positions'][layer]} positions)"
+            for layer, layout in run["layouts"].items()) + "."]
     if "primary" in run:
         lines += ["", f"**Primary measures** (Moran's I, k = {run.get('moran_neighbours', 8)} nearest "
                   f"units; z and two-sided p against {run.get('permutations')} permutations; Holm over "
@@ -390,8 +514,8 @@ def _run_lines(index: int, run: dict) -> list[str]:
                   "sheets and seed) and the trained responses on positions shuffled with seed "
                   f"{run.get('position_shuffle_seed')}.", "",
                   "| layer | map | " + " | ".join(f"{name}: I (z) p / Holm p" for name, _ in conditions)
-                  + " |",
-                  "|---|---|" + "---:|" * len(conditions)]
+                  + " | layout null: (z) p / Holm p | verdict |",
+                  "|---|---|" + "---:|" * (len(conditions) + 1) + "---|"]
         by_condition = [{(t["layer"], t["map"]): t for t in entry["primary"]} for _, entry in conditions]
         for test in run["primary"]:
             cells = []
@@ -399,7 +523,26 @@ def _run_lines(index: int, run: dict) -> list[str]:
                 t = tests[(test["layer"], test["map"])]
                 cells.append(f"{_number(t['morans_i'], '.3f')} ({_number(t['z'], '.1f')}) "
                              f"{_number(t['p'], '.3g')} / {_number(t['p_holm'], '.3g')}")
-            lines.append(f"| {test['layer']} | {test['map']} | " + " | ".join(cells) + " |")
+            layout = (f"({_number(test['layout_z'], '.1f')}) {_number(test['layout_p'], '.3g')} / "
+                      f"{_number(test['layout_p_holm'], '.3g')}" if "layout_p" in test else "n/a")
+            verdict = test.get("verdict", "")
+            if test.get("flagged_by"):
+                verdict += ": " + ", ".join(test["flagged_by"])
+            lines.append(f"| {test['layer']} | {test['map']} | " + " | ".join(cells)
+                         + f" | {layout} | {verdict} |")
+        if any("verdict" in test for test in run["primary"]):
+            credited = [f"{t['layer']} {t['map']}" for t in run["primary"] if t["verdict"] == "model"]
+            flagged = [f"{t['layer']} {t['map']}" for t in run["primary"]
+                       if t["verdict"] == "flagged by controls"]
+            lines += ["", f"Verdict: a result is the model's only when it is significant (Holm p < "
+                      f"{SIGNIFICANCE}), neither control shows it with the same sign, and on "
+                      "channel_freq sheets it is significant against the layout null too (the "
+                      "channels' places permuted alike in every row: what the sheet builds in is "
+                      "kept, only the arrangement is lost). Credited to "
+                      f"the model: {len(credited)} of {len(run['primary'])}"
+                      + (f" ({', '.join(credited)})" if credited else "") + ". Flagged by a control, so "
+                      f"not the model's: {len(flagged)}" + (f" ({', '.join(flagged)})" if flagged else "")
+                      + "."]
         lines += ["", "*Exploratory*: smoothness (nearest-bin z, > 0: neighbours more alike than "
                   "chance) per condition, and units dropped as silent (no value) per map.", "",
                   "| layer | map | " + " | ".join(f"{name}: smooth. (near z)" for name, _ in conditions)
@@ -570,13 +713,45 @@ def evaluate_checkpoints(checkpoints: list, natsound_dir, out_dir, device="cpu",
     natsound = load_natsound165(natsound_dir)
     trained = [load_trained(path, sheet=sheet)
                for path in tqdm(paths, desc="loading checkpoints", leave=False)]
-    runs = [evaluate_checkpoint(model, natsound, out / f"run{index}", device, shuffles, str(path),
-                                permutations)
-            for index, (path, model) in enumerate(tqdm(list(zip(paths, trained, strict=True)),
-                                                       desc="checkpoints"))]
-    summary = summarise(runs)
-    baselines = {"cochleagram": cochleagram_baseline(natsound)}
-    (out / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary, "baselines": baselines},
-                                                 indent=2))
-    report = write_report(out, runs, summary, baselines)
-    return {"runs": runs, "summary": summary, "baselines": baselines, "report": str(report)}
+    subjects = [checkpoint_subject(model, str(path)) for path, model in zip(paths, trained, strict=True)]
+    return measure_subjects(subjects, natsound, out, device, shuffles, permutations, desc="checkpoints")
+
+
+def measure_subjects(subjects: list[Subject], natsound: NatSound165, out_dir, device="cpu",
+                     shuffles: int = 100, permutations: int = DEFAULT_N_PERMUTATIONS,
+                     desc: str = "models") -> dict:
+    """``measure_subject`` of each subject, their summary across groups and the no-network baseline:
+    out_dir/run<i>/*.png, metrics.json and report.md. Everything is written to a staging directory
+    inside out_dir first and moved into place only once all of it is done (the figures, then
+    metrics.json, then report.md, each by a rename), so whatever a model does (an error, NaN, an
+    interrupt) never leaves a half-written or mismatched report; an old report stays as it was.
+    Returns {"runs", "summary", "baselines", "report" (its path)}."""
+    out = pathlib.Path(out_dir)
+    stage = pathlib.Path(tempfile.mkdtemp(prefix=".measuring-", dir=out))
+    try:
+        runs = [measure_subject(subject, natsound, stage / f"run{index}", device, shuffles, permutations)
+                for index, subject in enumerate(tqdm(subjects, desc=desc))]
+        summary = summarise(runs)
+        baselines = {"cochleagram": cochleagram_baseline(natsound)}
+        (stage / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary,
+                                                        "baselines": baselines}, indent=2))
+        write_report(stage, runs, summary, baselines)
+        _move_into(stage, out, last=("metrics.json", "report.md"))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"runs": runs, "summary": summary, "baselines": baselines, "report": str(out / "report.md")}
+
+
+def _move_into(stage: pathlib.Path, out: pathlib.Path, last: tuple[str, ...]) -> None:
+    """Every entry of stage renamed into out (a directory replaces the one of its name), the names
+    in `last` last and in that order. Renames within one directory tree: no copy, no partial file."""
+    entries = sorted(stage.iterdir(), key=lambda path: (path.name in last,
+                                                        last.index(path.name) if path.name in last else 0))
+    for entry in entries:
+        target = out / entry.name
+        if entry.is_dir():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        os.replace(entry, target)

@@ -5,6 +5,7 @@ when it is made, so defaults, JSON presets, the command line and a resumed run's
 held to the same rules before any work starts."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from topoaudio.commandline import DefaultsFormatter
 from topoaudio.models import MODELS
 from topoaudio.ops.spatial_common import KINDS as SPATIAL_KINDS
 from topoaudio.sheet import KINDS as SHEET_KINDS
@@ -127,7 +129,11 @@ class Rule(NamedTuple):
 
 
 def one_of(*choices) -> Callable[[object], str]:
-    return lambda value: "" if value in choices else f"must be one of {list(choices)}"
+    def check(value) -> str:
+        return "" if value in choices else f"must be one of {list(choices)}"
+
+    check.choices = choices  # shown by --help
+    return check
 
 
 def at_least(low) -> Callable[[object], str]:
@@ -198,6 +204,60 @@ RULES: dict[str, Rule] = {
     "device": Rule(str, one_of(*DEVICES)),
 }
 assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every setting needs a rule"
+
+# What --help says of each setting (one line; the type, choices and default are added to it), in
+# the groups of TrainConfig, in its order.
+HELP: dict[str, str] = {
+    "model": "the network",
+    "dataset": "what it learns from (speech_music_scenes and procedural need no files)",
+    "data_root": "the dataset's directory (file datasets)",
+    "noise_root": "background noise directory (word_speaker_noise)",
+    "train_size": "clips in the training set (synthesised sets; file datasets have their own)",
+    "val_size": "clips in the validation set (synthesised sets)",
+    "clip_seconds": "clip length in seconds (at 20 kHz)",
+    "tasks": "multi-task datasets: the tasks to train (none: every task the dataset labels)",
+    "task_weights": "each task's loss weight, in the order of tasks (none: 1 each)",
+    "scene_words": "speech_music_scenes: word classes, the first N of its word list",
+    "scene_voices": "speech_music_scenes: training voices, the speaker classes (0: all of them)",
+    "scene_instrument": "speech_music_scenes: instrument classes, 16 families or 121 GM programs",
+    "steps": "optimiser steps",
+    "batch_size": "global batch, split evenly across ranks",
+    "optimizer": "the optimiser",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "lr_schedule": "learning-rate schedule after the warm-up",
+    "schedule_steps": "length of the lr schedule (0: steps); fix it to extend a run by resuming",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "grad_clip": "gradient-norm clipping (0: none)",
+    "seed": "seeds the weights, the batches and the sheets",
+    "topo": "the topographic term: none, the spatial loss (TDANN) or TopoLoss",
+    "topo_layers": "the layers it applies to (taps of the model)",
+    "sheet": "cortical sheet kind (docs/SCIENCE.md section 5)",
+    "sheet_size_mm": "side of a channel_freq sheet in mm",
+    "alpha": "spatial-loss weight per layer",
+    "layer_weights": "per-layer alpha (spatial) or tau (topoloss), in topo_layers' order (none: uniform)",
+    "spatial_kind": "spatial-loss form (TDANN's relative or absolute)",
+    "neighbourhood": "0: the loss over the whole sheet; k >= 2: sampled neighbourhoods of at most k units",
+    "neighbourhood_kind": "sampled neighbourhoods: TDANN's square windows or the k nearest units",
+    "neighbourhood_width_mm": "tdann windows: side in mm",
+    "neighbourhoods_per_step": "sampled neighbourhoods averaged per step",
+    "tau": "TopoLoss weight per layer",
+    "phi": "TopoLoss blur factor on both grid axes",
+    "factor_h": "TopoLoss blur factor along the grid's rows (0: phi)",
+    "factor_w": "TopoLoss blur factor along the grid's columns (0: phi)",
+    "tau_schedule": "TopoLoss weight warm-up",
+    "tau_warmup_steps": "steps of the tau warm-up",
+    "out": "run directory (none: runs/<model>-<topo>-<time>)",
+    "log_every": "steps between log lines",
+    "eval_every": "steps between validations",
+    "checkpoint_every": "steps between checkpoints",
+    "num_workers": "DataLoader worker processes (the scenes are synthesised there)",
+    "amp": "bf16 autocast on GPUs",
+    "device": "auto: CUDA when available",
+}
+GROUPS = {"model and data": "model", "optimisation": "steps", "topography": "topo", "bookkeeping": "out"}
+assert set(HELP) == set(RULES), "every setting needs a line of help"
 # Settings added after checkpoints of this format were first written, with the value that means
 # "as before they existed": a checkpoint whose config lacks them resumes with these.
 ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voices": 0,
@@ -266,39 +326,103 @@ def check_keys(keys, source: str) -> None:
                          + ", ".join(sorted(RULES)))
 
 
-def parse_command(argv: list[str]) -> tuple[dict, bool]:
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse whose usage errors are ValueErrors (train.py turns them into one line)."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def command_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The parser of `torchrun train.py` / `topoaudio train`: --config, --resume and one option
+    per setting, grouped as TrainConfig is, each with its type (or choices), default and one line.
+    Values are read as text and converted by each setting's rule (parse_command)."""
+    launcher = "torchrun [--nproc_per_node=K] train.py" if prog == "train.py" else prog
+    parser = _RaisingParser(
+        prog=prog, formatter_class=DefaultsFormatter, allow_abbrev=False,
+        usage=f"{launcher} [--config FILE.json] [--resume] [--key value ...]",
+        description="Train a topographic auditory model. With no arguments: cochcnn with the "
+                    "whole-sheet spatial loss on the synthesised speech and music scenes, four tasks "
+                    "(two CPU cores, under 15 minutes); checkpoint and metrics under runs/. Presets: "
+                    "configs/*.json.",
+        epilog="Every setting is also a key of the --config JSON file. Lists are comma-separated "
+               "(--topo_layers block2,block3). Booleans: true/false, yes/no, 1/0.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE.json", default=argparse.SUPPRESS,
+                     help="settings from a JSON file; the command line overrides them")
+    run.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                     help="continue the run in --out (the latest under runs/ without it) bit for bit; the "
+                          "given settings may only extend it")
+    group = None
+    for field_ in dataclasses.fields(TrainConfig):
+        title = next((name for name, first in GROUPS.items() if first == field_.name), None)
+        if title is not None:
+            group = parser.add_argument_group(title)
+        rule = RULES[field_.name]
+        default = (field_.default if field_.default_factory is dataclasses.MISSING
+                   else field_.default_factory())
+        group.add_argument(f"--{field_.name}", metavar=_metavar(field_.name, rule), default=argparse.SUPPRESS,
+                           help=f"{HELP[field_.name]} (default: {_shown(default)})")
+    return parser
+
+
+def _metavar(name: str, rule: Rule) -> str:
+    if name in ("data_root", "noise_root", "out"):
+        return "DIR"
+    choices = getattr(rule.check, "choices", None)
+    if choices:
+        return "{" + ",".join(map(str, choices)) + "}"
+    if rule.item is not None:
+        return f"{rule.item.__name__.upper()},..."
+    return rule.kind.__name__.upper()
+
+
+def _shown(default) -> str:
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default) if default != "" else "none"
+
+
+def parse_command(argv: list[str], prog: str = "train.py") -> tuple[dict, bool]:
     """`[--config FILE] [--resume] [--key value ...]` -> ({setting: value} given explicitly, in the
     file or on the command line, each checked against its rule; resume). Command-line values
-    override the file. Unknown keys are an error listing the valid ones."""
-    resume = False
-    cli: dict[str, str] = {}
+    override the file. Unknown keys are an error listing the valid ones. `-h`/`--help` prints the
+    help and exits with status 0. A value is the next argument whatever it looks like (`--x -1,2`),
+    or follows `=`; `--some-key` is `--some_key`."""
+    parser = command_parser(prog)
+    joined: list[str] = []
+    unknown: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-h", "--help"):
-            raise SystemExit(usage())
-        if arg == "--resume":
-            resume = True
+        if arg in ("-h", "--help", "--resume"):
+            joined.append(arg)
             i += 1
             continue
         if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; use --key value\n{usage()}")
-        key, equals, inline = arg[2:].partition("=")
-        if equals:
-            value = inline
-            i += 1
-        else:
+            raise ValueError(f"unexpected argument {arg!r}; use --key value (see --help)")
+        key, equals, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not equals:
             if i + 1 >= len(argv):
                 raise ValueError(f"--{key} needs a value")
             value = argv[i + 1]
-            i += 2
-        cli[key.replace("-", "_")] = value
+            i += 1
+        i += 1
+        if key != "config" and key not in RULES:
+            unknown.append(key)
+        else:
+            joined.append(f"--{key}={value}")
+    if unknown:
+        check_keys(unknown, "the command line")
+    options = vars(parser.parse_args(joined))
+    resume = bool(options.pop("resume", False))
     given: dict = {}
-    if "config" in cli:
-        path = cli.pop("config")
-        given.update(_read_json(path))
-    check_keys(cli, "the command line")
-    given.update({key: _convert(key, text) for key, text in cli.items()})
+    if "config" in options:
+        given.update(_read_json(options.pop("config")))
+    given.update({key: _convert(key, text) for key, text in options.items()})
     return {key: check_value(key, value) for key, value in given.items()}, resume
 
 
@@ -326,7 +450,6 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     return TrainConfig(**given), resume
 
 
-def usage() -> str:
-    names = ", ".join(sorted(RULES))
-    return ("usage: torchrun [--nproc_per_node=K] train.py [--config FILE.json] [--steps N] "
-            f"[--out DIR] [--resume] [--key value ...]\nkeys: {names}")
+def usage(prog: str = "train.py") -> str:
+    """The usage line and every setting, as --help prints them."""
+    return command_parser(prog).format_help()
