@@ -24,7 +24,7 @@ import random
 import numpy as np
 import torch
 
-from topoaudio.models import build_model, tap_shapes, task_sizes
+from topoaudio.models import build_model, frontend_of, tap_shapes, task_sizes
 from topoaudio.sheet import CorticalSheet, build_sheets
 
 FORMAT_VERSION = 2
@@ -308,8 +308,10 @@ def load_trained(path, clip_samples: int = 40000,
     tasks = recorded_tasks(state, path)
     n_classes = _n_classes(state["model"], path) if tasks is None else None
     try:
-        model = build_model(config["model"], n_classes=n_classes, tasks=tasks)
-    except (KeyError, TypeError) as error:
+        # measured through the front end it trained with (the exact op for older runs)
+        model = build_model(config["model"], n_classes=n_classes, tasks=tasks,
+                            **frontend_of(config))
+    except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} names a model this version cannot build: {error}") from None
     try:
         model.load_state_dict(state["model"])

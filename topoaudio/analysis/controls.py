@@ -21,7 +21,7 @@ import torch
 
 from topoaudio.analysis.topography import _nearest_neighbours
 from topoaudio.brain.stats import permutation_p
-from topoaudio.models import build_model
+from topoaudio.models import build_model, frontend_of
 from topoaudio.sheet import CorticalSheet
 
 # Any fixed number would do; fixed so that every evaluation shuffles a sheet the same way.
@@ -43,7 +43,7 @@ def untrained_twin(config: dict) -> torch.nn.Module:
             raise ValueError(f"cannot rebuild the untrained network: the config has no {key!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
-        model = build_model(config["model"], 1)
+        model = build_model(config["model"], 1, **frontend_of(config))  # the run's front end
     return model.eval()
 
 

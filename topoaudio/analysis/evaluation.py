@@ -289,12 +289,21 @@ class Subject:
     readers: dict | None = None
 
 
+def frontend_description(model: torch.nn.Module) -> str:
+    """The cochleagram a model was measured through: "exact" or "fast (oversample 4)"."""
+    cochleagram = model.frontend.cochleagram
+    if cochleagram.mode == "exact":
+        return "exact"
+    return f"{cochleagram.mode} (oversample {cochleagram.oversample:g})"
+
+
 def checkpoint_subject(trained: tuple, source: str = "") -> Subject:
     """The Subject of one loaded checkpoint (model, sheets, config: checkpoint.load_trained),
     labelled with `source` (its path); its control is ``controls.untrained_twin(config)``."""
     model, sheets, config = trained
     info = {"checkpoint": source, **{key: config[key] for key in ("model", "topo", "seed")},
-            "sheet": config.get("sheet"), "val_accuracy": final_val_accuracy(source)}
+            "sheet": config.get("sheet"), "val_accuracy": final_val_accuracy(source),
+            "frontend": frontend_description(model)}
     return Subject(model, sheets, lambda: untrained_twin(config), info, config["seed"],
                    f"{config['topo']}, seed {config['seed']}")
 
@@ -480,7 +489,9 @@ def _number(x, spec: str) -> str:
 
 def _run_lines(index: int, run: dict) -> list[str]:
     if run.get("checkpoint"):
-        title = f"{run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']})"
+        frontend = f", front end: {run['frontend']}" if run.get("frontend") else ""
+        title = (f"{run['checkpoint']} ({run['model']}, topo={run['topo']}, seed {run['seed']}"
+                 f"{frontend})")
     else:  # a user's model (analysis.any_model)
         rate = f" at {run['sample_rate']} Hz" if run.get("sample_rate") else ""
         title = (f"{run.get('source') or run['model']} ({run['model']}, input: {run.get('input')}{rate}; "

@@ -3,23 +3,31 @@ single- or multi-task heads, and named layer taps."""
 from .ast import AST, ASTBase
 from .cochcnn import CochCNN
 from .cochresnet50 import CochResNet50
+from .frontend import CochlearFrontend, frontend_of
 from .heads import task_sizes
 from .taps import tap_shapes, tapped
 
 MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50, "ast": AST, "ast_base": ASTBase}
 
 
-def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] | None = None):
+def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] | None = None,
+                frontend: str = "exact", oversample: float | None = None):
     """A model by name with one classification head of n_classes (its forward returns logits
     [B, n_classes]) or one head per task of `tasks` {task: n_classes} (its forward returns
-    {task: logits [B, n]})."""
+    {task: logits [B, n]}). frontend: the cochleagram's mode, "exact" or "fast" (with
+    `oversample`, docs/SCIENCE.md 2b); the front end holds no weights, so checkpoints do not
+    depend on it and a model can be measured through either."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if (n_classes is None) == (tasks is None):
         raise ValueError("build_model needs n_classes (one head) or tasks (one head per task), "
                          f"exactly one of them; got n_classes={n_classes!r}, tasks={tasks!r}")
-    return MODELS[name](n_classes if tasks is None else tasks)
+    model = MODELS[name](n_classes if tasks is None else tasks)
+    if frontend != "exact" or oversample is not None:
+        model.frontend = CochlearFrontend(mode=frontend, oversample=oversample)
+    return model
 
 
-__all__ = ["AST", "ASTBase", "MODELS", "CochCNN", "CochResNet50", "build_model", "tap_shapes", "tapped",
+__all__ = ["AST", "ASTBase", "MODELS", "CochCNN", "CochResNet50", "build_model", "frontend_of",
+           "tap_shapes", "tapped",
            "task_sizes"]

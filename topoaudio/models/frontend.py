@@ -7,9 +7,18 @@ from torch import nn
 from topoaudio.ops import Cochleagram
 
 
+def frontend_of(config: dict) -> dict:
+    """build_model's front-end keywords for a run's settings: "frontend" (exact | fast) and, for
+    the fast mode, "oversample". Runs saved before the setting existed trained on the exact op."""
+    frontend = config.get("frontend", "exact")
+    return {"frontend": frontend,
+            "oversample": config.get("oversample") if frontend == "fast" else None}
+
+
 class CochlearFrontend(nn.Module):
     """waveform [B, T] (20 kHz) -> cochleagram [B, 1, 211, frames]. Waveforms are demeaned and
-    scaled to RMS 0.1 first (docs/SCIENCE.md section 2); silent clips stay silent."""
+    scaled to RMS 0.1 first (docs/SCIENCE.md section 2); silent clips stay silent. Keywords go to
+    ops.Cochleagram: mode="fast" (with oversample) is the fast approximate mode (section 2b)."""
 
     def __init__(self, **cochleagram_kwargs):
         super().__init__()

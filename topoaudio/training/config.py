@@ -43,6 +43,10 @@ class TrainConfig:
     train_size: int = 25600
     val_size: int = 384
     clip_seconds: float = 2.0
+    # the cochleagram every model hears through: the exact op or the fast approximate mode
+    # (docs/SCIENCE.md 2b), with its oversample (fast only). The front end holds no weights
+    frontend: str = "exact"
+    oversample: float = 4.0
     # multi-task datasets: the tasks to train ([] = every task the dataset labels) and the weight of
     # each one's loss (same order as tasks; [] = 1 each). Single-task datasets take neither.
     tasks: list[str] = field(default_factory=list)
@@ -160,6 +164,8 @@ RULES: dict[str, Rule] = {
     "train_size": Rule(int, at_least(1)),
     "val_size": Rule(int, at_least(1)),
     "clip_seconds": Rule(float, above(0)),
+    "frontend": Rule(str, one_of("exact", "fast")),
+    "oversample": Rule(float, at_least(1)),
     "tasks": Rule(list, all_items(lambda task: "" if task else "must not hold an empty name"), item=str),
     # a task not worth training is left out of tasks, so a weight of 0 is refused as a likely slip
     "task_weights": Rule(list, all_items(above(0)), item=float),
@@ -215,6 +221,8 @@ HELP: dict[str, str] = {
     "train_size": "clips in the training set (synthesised sets; file datasets have their own)",
     "val_size": "clips in the validation set (synthesised sets)",
     "clip_seconds": "clip length in seconds (at 20 kHz)",
+    "frontend": "the cochleagram: the exact op or the fast approximate mode (docs/SCIENCE.md 2b)",
+    "oversample": "fast front end: band oversampling (>= 1; 4: rel. RMS error 1.6e-3)",
     "tasks": "multi-task datasets: the tasks to train (none: every task the dataset labels)",
     "task_weights": "each task's loss weight, in the order of tasks (none: 1 each)",
     "scene_words": "speech_music_scenes: word classes, the first N of its word list",
@@ -261,6 +269,7 @@ assert set(HELP) == set(RULES), "every setting needs a line of help"
 # Settings added after checkpoints of this format were first written, with the value that means
 # "as before they existed": a checkpoint whose config lacks them resumes with these.
 ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voices": 0,
+                  "frontend": "exact", "oversample": 4.0,  # runs before issue 20: the exact op
                   "scene_instrument": "family", "factor_h": 0.0, "factor_w": 0.0,
                   # runs saved before TDANN's windows existed sampled the k nearest units
                   "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from topoaudio import checkpoint
-from topoaudio.models import build_model, tapped
+from topoaudio.models import build_model, frontend_of, tapped
 
 from . import run_dir
 from .config import ADDED_SETTINGS, TrainConfig
@@ -218,7 +218,8 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
     if resume:
         checkpoint.check_tasks(state, objective.tasks, ckpt_path)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **objective.model_heads()).to(device)
+    model = build_model(config.model, **objective.model_heads(),
+                        **frontend_of(config.to_dict())).to(device)
     topo = TopographicLosses(config, model, device, clip_samples=train_set[0][0].numel())
     optimizer = (torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if config.optimizer == "adamw" else
