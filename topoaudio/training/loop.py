@@ -141,6 +141,13 @@ def validation_accuracy(model: nn.Module, dataset, device, batch_size: int = 32,
     return result[None] if list(result) == [None] else result
 
 
+# channels_last: oneDNN's (and cuDNN's) fast convolution layout; on 2 CPU cores the cochcnn's
+# forward+backward took a fraction of the time in it (issue 20, bench/RESULTS.md). Same weights and
+# state-dict values, only the strides differ (checkpoints load into either layout);
+# bench/train_throughput.py sets it back to measure the step as it was.
+MEMORY_FORMAT = torch.channels_last
+
+
 def train(config: TrainConfig | None = None, resume: bool = False, *,
           requested: dict | None = None) -> dict:
     """Train; returns the final metrics (rank 0) and leaves checkpoint.pt, config.json and
@@ -219,7 +226,7 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         checkpoint.check_tasks(state, objective.tasks, ckpt_path)
     torch.manual_seed(config.seed)
     model = build_model(config.model, **objective.model_heads(),
-                        **frontend_of(config.to_dict())).to(device)
+                        **frontend_of(config.to_dict())).to(device, memory_format=MEMORY_FORMAT)
     topo = TopographicLosses(config, model, device, clip_samples=train_set[0][0].numel())
     optimizer = (torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if config.optimizer == "adamw" else
