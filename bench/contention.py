@@ -1,16 +1,22 @@
-"""The fused CPU ops under contention (issue 10, target 3): 1 and 2 threads, alone and beside one
-competing busy process, medians over several repeats and the ratios, each op beside a control
+"""The fused CPU ops under contention (issue 10, target 3; issue 23): 1 and 2 threads, alone and beside
+competing busy processes, medians over several repeats and the ratios, each op beside a control
 measured in the same conditions (the spatial loss beside torch's own N x N x B matmul, the
 cochleagram beside the plain PyTorch reference).
 
 Run: python bench/contention.py [--op spatial|cochleagram] [--mode forward|forward_backward]
-     [--repeats 5] [--control reference]
+     [--repeats 5] [--control reference] [--busy 1,3]
 `--control reference` times the spatial loss against the plain PyTorch reference (N x N matrices,
 forward and backward) instead of torch's matmul: the issue's ">= 10x the reference" figure.
-The competitor is a subprocess spinning `while True: pass`; it runs only during the "busy" rows.
-On a machine that other jobs also use the figures are noisy: compare the ratios within one run.
+The competitors are subprocesses spinning `while True: pass`, `--busy` of them per "busy" condition
+(default 1; issue 23's heavier load: `--busy 1,3` adds a condition with three); "K+T" adds T
+training-like jobs (a 2-thread torch loop of small matmuls and elementwise ops, whose OpenMP threads
+fork, spin and wait as a training step's do) to K spinners, e.g. `--busy 1,3,3+1`. They run only
+during that condition's rows. Within a condition the 1- and 2-thread calls alternate, repeat by repeat, so
+that a change in the load from other jobs falls on both. On a machine that other jobs also use the
+figures are noisy: compare the ratios within one run.
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -65,14 +71,46 @@ def cochleagram_case(mode: str, control_kind: str = "reference"):
     return run("cpp"), run("reference"), "reference"
 
 
-def median_ms(step, repeats: int) -> float:
-    step()  # warm-up: plans, filters, thread pool
-    times = []
+SPINNER = "while True: pass"
+TORCH_JOB = """import torch
+torch.set_num_threads(2)
+weights, batch = torch.randn(256, 256), torch.randn(64, 8192)
+while True:
+    hidden = (weights @ weights).relu_()
+    batch.mul_(0.5).add_(hidden[:64, :1]).tanh_().sum()
+"""
+
+
+def competitors(spec: str) -> tuple[str, list[str]]:
+    """("busy", "busy x3" or "busy x3 +1 torch", the programs) for a --busy item "K" or "K+T"."""
+    spinners, _, jobs = spec.partition("+")
+    count, torch_jobs = int(spinners), int(jobs or 0)
+    label = "busy" if count == 1 else f"busy x{count}"
+    if torch_jobs:
+        label += f" +{torch_jobs} torch"
+    return label, [SPINNER] * count + [TORCH_JOB] * torch_jobs
+
+
+def timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def medians_ms(fused, control, repeats: int) -> dict:
+    """{threads: (fused median ms, control median ms)} for 1 and 2 threads, alternating."""
+    times = {threads: ([], []) for threads in (1, 2)}
+    for threads in (1, 2):  # warm-up: plans, filters, thread pool
+        torch.set_num_threads(threads)
+        fused()
+        control()
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            times[threads][0].append(timed(fused))
+            times[threads][1].append(timed(control))
+    return {threads: tuple(1e3 * statistics.median(t) for t in pair)
+            for threads, pair in times.items()}
 
 
 def main() -> None:
@@ -83,31 +121,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--control", choices=["matmul", "reference"], default="matmul",
                         help="spatial only: the control beside the fused op (default: matmul)")
+    parser.add_argument("--busy", default="1",
+                        help="comma-separated busy conditions, each K spinning processes or K+T "
+                             "(plus T training-like torch jobs); default 1, e.g. 1,3,3+1")
     args = parser.parse_args()
     mode = args.mode or ("forward_backward" if args.op == "spatial" else "forward")
     fused, control, control_name = (spatial_case if args.op == "spatial" else cochleagram_case)(
         mode, args.control)
-    print(f"{args.op} {mode}, torch {torch.__version__}, median of {args.repeats} (ms)")
-    print(f"{'condition':14s} {'threads':>7s} {'fused':>9s} {control_name:>14s} {'ctrl/fused':>10s}")
+    print(f"{args.op} {mode}, torch {torch.__version__}, {os.cpu_count()} CPUs, median of "
+          f"{args.repeats} (ms), 1 and 2 threads alternating")
+    print(f"load average at start: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"{'condition':18s} {'threads':>7s} {'fused':>9s} {control_name:>14s} {'ctrl/fused':>10s}")
+    conditions = [("alone", [])] + [competitors(spec.strip()) for spec in args.busy.split(",")
+                                    if spec.strip()]
     results = {}
-    for condition in ("alone", "busy"):
-        spinner = None
-        if condition == "busy":
-            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            time.sleep(0.5)
+    for condition, programs in conditions:
+        spinners = [subprocess.Popen([sys.executable, "-c", program]) for program in programs]
+        if spinners:
+            time.sleep(2.0 if any(program != SPINNER for program in programs) else 0.5)
         try:
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                f, c = median_ms(fused, args.repeats), median_ms(control, args.repeats)
+            for threads, (f, c) in medians_ms(fused, control, args.repeats).items():
                 results[condition, threads] = f
-                print(f"{condition:14s} {threads:7d} {f:9.1f} {c:14.1f} {c / f:10.2f}")
+                print(f"{condition:18s} {threads:7d} {f:9.1f} {c:14.1f} {c / f:10.2f}")
         finally:
-            if spinner is not None:
+            for spinner in spinners:
                 spinner.kill()
                 spinner.wait()
-    for condition in ("alone", "busy"):
+    for condition, _ in conditions:
         ratio = results[condition, 2] / results[condition, 1]
         print(f"{condition}: fused 2 threads / 1 thread = {ratio:.2f} (target under load <= 1.2)")
+    print(f"load average at end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #pragma once
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
 
 #include <algorithm>
 #include <atomic>
@@ -59,6 +60,40 @@ void run_block_workers(int64_t blocks, const Worker& worker) {
   });
 }
 
+// The same contract on a pool of helper threads that sleep between calls and are never waited
+// for (issue 23): the caller takes blocks at once; a helper joins if it wakes while blocks are
+// left, and the caller waits only for helpers that joined (those holding blocks). An OpenMP region
+// ends in a barrier every thread must reach: under load, a thread that had not yet been scheduled
+// held each region up by about a scheduler slice (~3 ms), and libgomp's threads spin ~300,000
+// iterations after each region (OMP_WAIT_POLICY unset), taking CPU from the caller's next steps.
+// Calls from inside a parallel region or a pool helper, with one thread or one block, or while
+// another thread's call holds the pool, run inline on the caller. Used by the spatial kernels
+// (their calls are short at small N, three per step); the cochleagram keeps run_block_workers.
+namespace block_pool {
+// Runs body(context) on the caller and on up to `helpers` pool threads (each at most once, each
+// with MKL on one thread and ATen's nested ops inline); returns once every run has returned.
+// An exception from any run is rethrown on the caller.
+void run(int64_t helpers, void (*body)(void*), void* context);
+}  // namespace block_pool
+
+template <typename Worker>
+void run_block_pool(int64_t blocks, const Worker& worker) {
+  if (blocks <= 0) return;
+  std::atomic<int64_t> next{0};
+  const auto take = [&next]() { return next.fetch_add(1, std::memory_order_relaxed); };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+  auto body = [&]() { worker(take); };
+  if (workers == 1 || at::in_parallel_region()) {
+    const c10::ParallelGuard nested_inline(true);
+    const SequentialBlasGuard sequential_blas;
+    body();
+    return;
+  }
+  block_pool::run(workers - 1, [](void* context) { (*static_cast<decltype(body)*>(context))(); },
+                  &body);
+}
+
 // Test probe (parallel_blocks.cpp): runs `blocks` blocks that each sleep, returns how many distinct
-// threads took at least one.
+// threads took at least one (run_block_workers; torch.ops.topoaudio.block_pool_threads probes
+// run_block_pool the same way).
 int64_t block_worker_threads(int64_t blocks, double seconds_per_block);

@@ -254,10 +254,17 @@ def test_bad_input_is_rejected(features, positions, kwargs, message):
 # --- host cost (issue 10) ----------------------------------------------------------------------
 
 # aten calls of one forward+backward at N = 64, B = 16 on the CPU (all pairs, the default kind):
-# 552 before issue 10, 146 after, 133 since the unit vectors stay by batch column (issue 14).
-# A count, not a time: deterministic for a given torch, so a unit test; the time is
-# bench/test_host_cost.py's.
-HOST_COST_ATEN_CALLS = 140
+# 552 before issue 10, 146 after, 133 since the unit vectors stay by batch column (issue 14), 23
+# since the cpp backend's forward and backward are one C++ call each (issue 23: the outputs'
+# allocations, the loss tensor, autograd's seed and accumulation, the sheet cache's comparisons).
+# The tiled kinds take as many. A count, not a time: deterministic for a given torch, so a unit
+# test; the time is bench/test_host_cost.py's.
+CPP_HOST_COST_ATEN_CALLS = 23
+# tests/test_spatial_lattice.py bounds a forced lattice call by HOST_COST_ATEN_CALLS + 40 (the
+# cpp count plus the FFTs' padding and views, when the cpp count was 133). The lattice call now
+# takes 108 (174 before issue 23), 85 above the cpp backend's 23: until that margin follows, this
+# keeps the lattice's bound at its present count.
+HOST_COST_ATEN_CALLS = 108 - 40
 
 
 def count_aten_calls(fn) -> int:
@@ -281,10 +288,11 @@ def host_cost_step(n_units=64, batch=16, backend="cpp", **kwargs):
     return step
 
 
-def test_small_sheet_forward_backward_stays_within_the_aten_call_budget():
-    step = host_cost_step()
+@pytest.mark.parametrize("kind, radius", [("relative", None), ("relative", 1.0), ("absolute", None)])
+def test_small_sheet_forward_backward_stays_within_the_aten_call_budget(kind, radius):
+    step = host_cost_step(kind=kind, radius=radius)
     step()  # per-sheet constants are made on the first call; the count is of a later one
-    assert count_aten_calls(step) <= HOST_COST_ATEN_CALLS
+    assert count_aten_calls(step) <= CPP_HOST_COST_ATEN_CALLS
 
 
 def test_sheet_constants_follow_in_place_changes_of_positions():

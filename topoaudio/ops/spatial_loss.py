@@ -264,13 +264,17 @@ class _CpuSpatialLoss(torch.autograd.Function):
     autograd of each step); here the sums are on the host anyway, so reading them costs no sync.
     Same sums, same zero-variance rule and formulas as the registered-op path the GPU takes.
     Ops are written to the fewest aten calls (constants as cached tensors, scalars as alpha=,
-    float64 reductions as dot products); bench/test_host_cost.py and tests/ count them."""
+    float64 reductions as dot products); bench/test_host_cost.py and tests/ count them. With the
+    cpp backend the forward and the backward are one C++ call each (_fused_forward, issue 23)."""
 
     @staticmethod
     def forward(ctx, features, sheet, kind, radius, eps, backend):
         # (Function.forward runs without autograd recording: no detach needed.)
         dtype = compute_dtype(features)
         x = features if features.dtype == dtype else features.to(dtype)
+        ctx.fused = backend == "cpp" and _fused_ops() is not None
+        if ctx.fused:
+            return _fused_forward(ctx, x, features, sheet, kind, radius, eps)
         if sheet.order is not None:
             x = x.index_select(1, sheet.order)  # columns are units: sorting them sorts z's rows
         # NaN propagates through amax, Inf stays: the peak is finite iff every value is. It is
@@ -340,6 +344,8 @@ class _CpuSpatialLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         # (once_differentiable would return a detached gradient without a word: issue 23)
         refuse_double_backward(OP_NAME)
+        if ctx.fused:
+            return _fused_backward(ctx, grad_loss), None, None, None, None, None
         g = grad_loss.item()
         c_r, c_r2, c_wr, c_abs = (g * c for c in ctx.coef)
         zt = ctx.zt
@@ -369,6 +375,76 @@ class _CpuSpatialLoss(torch.autograd.Function):
         if grad.dtype != ctx.features_dtype:
             grad = grad.to(ctx.features_dtype)
         return grad, None, None, None, None, None
+
+
+# Modes of topoaudio::spatial_loss_forward_cpu / _backward_cpu (csrc/spatial_loss_cpu.cpp)
+_FUSED_ALL_PAIRS, _FUSED_LATTICE, _FUSED_TILES = 0, 1, 2
+_NO_ORDER = torch.empty(0, dtype=torch.int64)
+_fused: list = []
+
+
+def _fused_ops():
+    """(forward, backward) of the whole loss in C++ (topoaudio._C registers them), or None for an
+    extension built before them: the CPU Function then runs the primitives from Python."""
+    if not _fused:
+        ext = dispatch.extension()
+        namespace = torch.ops.topoaudio
+        found = None
+        if ext is not None and hasattr(namespace, "spatial_loss_forward_cpu"):
+            found = (namespace.spatial_loss_forward_cpu.default,
+                     namespace.spatial_loss_backward_cpu.default)
+        _fused.append(found)
+    return _fused[0]
+
+
+def _fused_forward(ctx, x, features, sheet, kind, radius, eps):
+    """The cpp backend's forward, one C++ call (issue 23): unit vectors, s and the Gram, then W z
+    (all pairs) or the pair sums (tiles), as blocks on the extension's helper threads
+    (csrc/parallel_blocks.h, run_block_pool). ATen's static split of the ~25 small ops this
+    replaces made each wait for a thread that shared its core with other processes (2 threads
+    took 1.65-1.8x the 1-thread time under load), and at small N their dispatch was the cost
+    (bench/test_host_cost.py). The lattice's W z stays in torch (spatial_lattice)."""
+    forward, _ = _fused_ops()
+    n_units = x.shape[1]
+    all_pairs = kind == "relative" and radius is None
+    lattice = sheet.lattice if all_pairs else None
+    mode = (_FUSED_TILES if not all_pairs else
+            _FUSED_LATTICE if lattice is not None else _FUSED_ALL_PAIRS)
+    row_sums = mode == _FUSED_ALL_PAIRS and "cpp" not in sheet.w_totals
+    order = _NO_ORDER if sheet.order is None else sheet.order
+    stats, z, factor, wz, s, gram = forward(x, sheet.positions, order, eps, mode,
+                                            math.inf if radius is None else radius, row_sums)
+    finite, *values = stats.tolist()  # one host read
+    if not finite:
+        check_finite_features(features)  # raises, counting them
+    if mode == _FUSED_TILES:
+        sums = values
+    else:
+        s2, sum_sd, sd2, gram2, zwz = values[:5]
+        if mode == _FUSED_LATTICE:  # z is z^T [B, N], the lattice's layout
+            wzt, w_rows, w2_rows = lattice.weighted_sum_by_column(z)
+            if "cpp" not in sheet.w_totals:
+                sheet.w_totals["cpp"] = (w_rows.double().sum().item() / 2,
+                                         w2_rows.double().sum().item() / 2)
+            zwz = torch.dot(z.view(-1), wzt.reshape(-1)).item()
+            wz = wzt.t()
+        elif row_sums:  # positions alone fix W: once per sheet (W's diagonal is 0)
+            sheet.w_totals["cpp"] = (values[5] / 2, values[6] / 2)
+        # the i = j terms removed: sum r = (|s|^2 - sum z_i.z_i) / 2, and alike (W z has none)
+        sums = [n_units * (n_units - 1) / 2, *sheet.w_totals["cpp"], (s2 - sum_sd) / 2,
+                (gram2 - sd2) / 2, zwz / 2, 0.0]
+    loss, ctx.coef = loss_and_grad_from_sums(sums, kind, x.dtype)
+    ctx.saved = (z, factor, order, wz, gram, s, sheet.positions)
+    ctx.mode, ctx.radius, ctx.features_dtype = mode, radius, features.dtype
+    return torch.full((), loss, dtype=x.dtype)
+
+
+def _fused_backward(ctx, grad_loss):
+    _, backward = _fused_ops()
+    z, factor, order, wz, gram, s, positions = ctx.saved
+    grad = backward(grad_loss, z, factor, order, wz, gram, s, positions,
+                    math.inf if ctx.radius is None else ctx.radius, ctx.coef, ctx.mode)
+    return grad if grad.dtype == ctx.features_dtype else grad.to(ctx.features_dtype)
 
 
 class SpatialLoss(nn.Module):
