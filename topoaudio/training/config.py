@@ -44,9 +44,11 @@ class TrainConfig:
     val_size: int = 384
     clip_seconds: float = 2.0
     # the cochleagram every model hears through: the exact op or the fast approximate mode
-    # (docs/SCIENCE.md 2b; the default since issue 20, ~10x faster on the CPU), with its
-    # oversample (fast only). The front end holds no weights; the GPU presets keep the exact op
-    frontend: str = "fast"
+    # (docs/SCIENCE.md 2b, ~10x faster on the CPU), with its oversample (fast only). The front end
+    # holds no weights. Exact by default: the one default run through the fast one (issue 20,
+    # docs/run_logs/default-scenes-fast-issue20) reached word 9.4 % against 14.8-15.6 % in three
+    # exact runs (that run also had channels_last convolutions), a difference not yet understood
+    frontend: str = "exact"
     oversample: float = 4.0
     # multi-task datasets: the tasks to train ([] = every task the dataset labels) and the weight of
     # each one's loss (same order as tasks; [] = 1 each). Single-task datasets take neither.
