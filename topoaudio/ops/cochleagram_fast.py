@@ -90,6 +90,17 @@ class FastPlan:
         return self.sampled_points / self.band_bins
 
 
+def _band_lo_width(filters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each filter's first nonzero bin and the width of its nonzero band (0, 0 when it has none)."""
+    lo = np.zeros(len(filters), dtype=np.int64)
+    width = np.zeros(len(filters), dtype=np.int64)
+    for k, row in enumerate(filters):
+        nonzero = np.flatnonzero(row)
+        if nonzero.size:
+            lo[k], width[k] = nonzero[0], nonzero[-1] + 1 - nonzero[0]
+    return lo, width
+
+
 @functools.lru_cache(maxsize=32)
 def _plan_arrays(config: CochleagramConfig, length: int, oversample: float, max_env_hz):
     """The plan in float64 NumPy (device- and dtype-free)."""
@@ -100,12 +111,7 @@ def _plan_arrays(config: CochleagramConfig, length: int, oversample: float, max_
     response = np.conj(np.fft.rfft(taps, n=length))
     period = length // stride if length % stride == 0 else 0
     max_bin = length // 2 if max_env_hz is None else int(math.floor(max_env_hz * length / config.sr))
-    lo = np.zeros(len(filters), dtype=np.int64)
-    width = np.zeros(len(filters), dtype=np.int64)
-    for k, row in enumerate(filters):
-        nonzero = np.flatnonzero(row)
-        if nonzero.size:
-            lo[k], width[k] = nonzero[0], nonzero[-1] + 1 - nonzero[0]
+    lo, width = _band_lo_width(filters)
     sizes = np.array([_ladder_size(max(2, math.ceil(oversample * max(int(w), 1)))) for w in width])
     groups = []
     for size in sorted(set(sizes.tolist())):
@@ -198,16 +204,10 @@ def cpp_tables(config: CochleagramConfig, length: int, oversample: float, dtype:
     key = (config, length, oversample, dtype)
     if key not in _CPP_TABLES:
         groups, *_ = _plan_arrays(config, length, oversample, None)
-        filters = erb_cosine_filters(config, length)
-        n_channels = filters.shape[0]
-        bands = np.zeros((n_channels, 2), dtype=np.int64)
-        sizes = np.zeros(n_channels, dtype=np.int64)
+        bands = np.stack(_band_lo_width(erb_cosine_filters(config, length)), axis=1)
+        sizes = np.zeros(len(bands), dtype=np.int64)
         for channels, _, _, size, _, _, _ in groups:
             sizes[channels] = size
-        for k, row in enumerate(filters):
-            nonzero = np.flatnonzero(row)
-            if nonzero.size:
-                bands[k] = (nonzero[0], nonzero[-1] + 1 - nonzero[0])
         max_bin = length // 2
         response = np.conj(np.fft.rfft(sinc_kaiser_taps(config), n=length))
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
