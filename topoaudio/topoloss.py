@@ -120,25 +120,57 @@ def tau_schedule(step: int, total_steps: int, *, kind: str = "constant", warmup_
     return 1 - progress if kind == "linear" else (1 + math.cos(math.pi * progress)) / 2
 
 
+# The default weight of every layer: 25, the project's training default (TrainConfig.tau) and
+# one of the four values TopoAudio trained with (tau in {5, 25, 50, 100}; docs/SCIENCE.md
+# section 4). TopoNets sweeps its own weight widely per model; no single value is "the" paper's.
+DEFAULT_TAU = 25.0
+
+
 class TopoLoss(nn.Module):
     """(1 / n_layers) sum_l tau_l L_l over named layers (SCIENCE.md section 4).
 
-    layers: name -> module with a 2D+ ``.weight`` (Conv1d/2d, Linear) or a 2D+ Parameter. The
-    modules are referenced, not registered, so this loss adds no parameters or state of its own to
-    a model that holds it. tau: one float for all layers or a dict with one float per layer.
+    layers: a dict name -> module with a 2D+ ``.weight`` (Conv1d/2d/3d, Linear) or a 2D+
+    Parameter, or a list / tuple of them (named "0", "1", ... in order; the same total as the
+    dict). The modules are referenced, not registered, so this loss adds no parameters or state of
+    its own to a model that holds it. tau: one float for all layers (default ``DEFAULT_TAU``, 25),
+    a dict with one float per layer, or for a list of layers a list of floats in its order.
     schedule: optional ``step -> multiplier`` (e.g. a functools.partial of ``tau_schedule``)
     applied to every tau when ``forward`` gets a step; without a step, full strength.
     phi, factor_h, factor_w, interpolation: the blur, as in ``topoloss_layer`` (checked against
-    every layer's grid here, before any step).
+    every layer's grid here, before any step). ``TopoLoss.from_layers(model, ["conv1", ...])``
+    attaches it to a model by layer name.
+
+    Example::
+
+        >>> import torch
+        >>> from topoaudio.topoloss import TopoLoss
+        >>> convs = [torch.nn.Conv2d(1, 16, 3), torch.nn.Conv2d(16, 32, 3)]
+        >>> total, per_layer = TopoLoss(convs)()       # tau 25 on each layer
+        >>> sorted(per_layer)
+        ['0', '1']
     """
 
-    def __init__(self, layers: dict[str, nn.Module | nn.Parameter], tau: float | dict[str, float],
+    def __init__(self, layers, tau: float | dict[str, float] = DEFAULT_TAU,
                  phi: float = 2.0, *, factor_h: float | None = None, factor_w: float | None = None,
                  interpolation: str = "bilinear", schedule=None):
         super().__init__()
+        if isinstance(layers, (list, tuple)):
+            names = [str(i) for i in range(len(layers))]
+            if isinstance(tau, (list, tuple)):
+                if len(tau) != len(layers):
+                    raise ValueError(f"tau lists {len(tau)} values for {len(layers)} layers")
+                tau = dict(zip(names, tau, strict=True))
+            layers = dict(zip(names, layers, strict=True))
+        elif isinstance(tau, (list, tuple)):
+            raise ValueError("a list of taus needs a list of layers; with a dict of layers give "
+                             "tau as a dict name -> tau")
         if not isinstance(layers, dict) or not layers:
-            raise ValueError("layers must be a non-empty dict of name -> module or parameter")
+            raise ValueError("layers must be a non-empty dict of name -> module or parameter, or a "
+                             f"non-empty list of modules, got {type(layers).__name__}")
         for name, layer in layers.items():
+            if isinstance(layer, _UNSUPPORTED):
+                raise ValueError(f"TopoLoss layer {name!r} ({type(layer).__name__}) is not supported: "
+                                 "its weight rows are not its output units; name a Conv or Linear")
             _, height, width = _weight_rows(_weight_of(name, layer), name)
             try:
                 blur_factors(height, width, phi, factor_h, factor_w)
@@ -157,6 +189,40 @@ class TopoLoss(nn.Module):
         # A plain dict: nn.Module would otherwise register the model's layers as our submodules.
         self._layers = dict(layers)
 
+    @classmethod
+    def from_layers(cls, model: nn.Module, layers, tau: float | dict[str, float] = DEFAULT_TAU,
+                    phi: float = 2.0, **kwargs) -> TopoLoss:
+        """TopoLoss on the named layers of `model` (names as in ``model.named_modules()``, e.g.
+        "conv1", "blocks.2"; one name or a list), as TopoNets' ``LaplacianPyramid.from_layer``.
+
+        A named conv or linear is used as is; a block (e.g. an nn.Sequential or a ResNet stage)
+        contributes its last module with a 2D+ weight, whose output channels are the block's units
+        (``output_weight_module``). ValueError naming the layer for a name the model lacks or a
+        layer with no usable weight. Keyword arguments go to ``TopoLoss``.
+
+        Example::
+
+            >>> import torch
+            >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(),
+            ...                             torch.nn.Conv2d(16, 32, 3))
+            >>> loss = TopoLoss.from_layers(model, ["0", "2"], tau=5.0)
+            >>> total, per_layer = loss()
+            >>> total.backward()                          # gradients reach model[0], model[2]
+        """
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"layers must be a layer name or a non-empty list of names, got {layers!r}")
+        modules = dict(model.named_modules())
+        chosen = {}
+        for name in names:
+            if name not in modules:
+                raise ValueError(f"model ({type(model).__name__}) has no layer {name!r}; its layers "
+                                 f"are {_layer_list(modules)}")
+            chosen[name] = output_weight_module(modules[name], name)
+        return cls(chosen, tau, phi, **kwargs)
+
     def forward(self, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(total, per_layer): total a 0-dim tensor for backward; per_layer the raw L_l as floats."""
         multiplier = 1.0 if step is None or self.schedule is None else float(self.schedule(step))
@@ -172,8 +238,47 @@ class TopoLoss(nn.Module):
     def extra_repr(self) -> str:
         factors = "" if self.factor_h is None and self.factor_w is None else \
             f", factor_h={self.factor_h}, factor_w={self.factor_w}"
-        return (f"layers={list(self._layers)}, tau={self.tau}, phi={self.phi}{factors}, "
-                f"interpolation={self.interpolation!r}")
+        layers = {name: _describe(layer) for name, layer in self._layers.items()}
+        schedule = "" if self.schedule is None else f", schedule={self.schedule!r}"
+        return (f"layers={layers}, tau={self.tau}, phi={self.phi}{factors}, "
+                f"interpolation={self.interpolation!r}{schedule}")
+
+
+# Modules whose 2D+ weight does not hold one row per output unit: a transposed conv stores
+# [C_in, C_out, ...], an embedding one row per token.
+_UNSUPPORTED = (nn.modules.conv._ConvTransposeNd, nn.Embedding, nn.EmbeddingBag)
+
+
+def output_weight_module(module: nn.Module, name: str = "layer") -> nn.Module:
+    """The module whose ``weight`` [C_out, ...] holds the units of layer `name`: the module itself
+    when it has a 2D+ weight, else its last submodule with one (a block's last conv or linear, as
+    training taps a ResNet stage). ValueError naming the layer and its type when there is none, or
+    when it is a kind whose weight rows are not output units (transposed convs, embeddings)."""
+    own = getattr(module, "weight", None)
+    candidates = [module] if isinstance(own, torch.Tensor) and own.dim() >= 2 else [
+        m for m in module.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+        and m.weight.dim() >= 2]
+    if not candidates:
+        raise ValueError(f"TopoLoss layer {name!r} ({type(module).__name__}) has no conv or linear "
+                         "weight [C_out, C_in, ...] in it")
+    chosen = candidates[-1]
+    if isinstance(chosen, _UNSUPPORTED):
+        raise ValueError(f"TopoLoss layer {name!r} ({type(chosen).__name__}) is not supported: its "
+                         "weight rows are not its output units; name a Conv or Linear layer")
+    return chosen
+
+
+def _layer_list(modules: dict, limit: int = 12) -> str:
+    names = [name for name in modules if name]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "none"
+
+
+def _describe(layer) -> str:
+    weight = layer if isinstance(layer, torch.Tensor) else getattr(layer, "weight", None)
+    shape = "x".join(str(size) for size in weight.shape) if isinstance(weight, torch.Tensor) else "?"
+    kind = "Parameter" if isinstance(layer, torch.Tensor) else type(layer).__name__
+    return f"{kind}[{shape}]"
 
 
 def _weight_rows(weight, name: str) -> tuple[torch.Tensor, int, int]:

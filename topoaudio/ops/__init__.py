@@ -1,10 +1,11 @@
 """Public ops. Each has a plain-PyTorch reference in `reference`, fused backends chosen by
 `dispatch`, and a torch.library registration (see docs/DESIGN.md)."""
 from . import dispatch, reference
-from .cochleagram import Cochleagram, cochleagram
+from .cochleagram import Cochleagram, cochleagram, cochleagram_axes, valid_frames
 from .cochlear_filters import CochleagramConfig
 from .dispatch import available_backends, last_backend, use_backend
 from .spatial_loss import SpatialLoss, spatial_loss
+from .tdann_windows import nearest_neighbourhood, tdann_neighbourhood, tdann_neighbourhood_size
 
 __all__ = [
     "Cochleagram",
@@ -12,9 +13,14 @@ __all__ = [
     "SpatialLoss",
     "available_backends",
     "cochleagram",
+    "cochleagram_axes",
     "dispatch",
     "last_backend",
+    "nearest_neighbourhood",
     "reference",
     "spatial_loss",
+    "tdann_neighbourhood",
+    "tdann_neighbourhood_size",
     "use_backend",
+    "valid_frames",
 ]

@@ -12,6 +12,8 @@ not hold back a statically split FFT (issue 10); the other backends loop over ch
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,12 +22,20 @@ from . import cochleagram_fast, cochleagram_torch, dispatch
 from . import reference as _reference
 from .cochlear_filters import (
     CochleagramConfig,
+    channel_frequencies,
     check_samples,
     erb_cosine_filters,
     filters_on,
+    frame_times,
     power_compression_grad,
 )
-from .settings import backend_name, cochleagram_mode
+from .settings import (
+    backend_name,
+    cochleagram_mode,
+    cochleagram_rate,
+    pad_factor_setting,
+    positive_integer,
+)
 from .transforms import refuse_double_backward, refuse_functorch
 
 OP_NAME = "cochleagram"
@@ -323,7 +333,7 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
                 window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
                 offset: float = 1e-8, clip_value: float = 5.0,
                 backend: str | None = "auto", mode: str = "exact",
-                oversample: float | None = None) -> torch.Tensor:
+                oversample: float | None = None, pad_factor: float | None = None) -> torch.Tensor:
     """Cochleagram of `waveform` [..., T] -> [..., C, frames] (docs/SCIENCE.md section 2).
 
     Defaults are the McDermott-lab ``cochleagram_1``: a 2 s clip at 20 kHz gives [..., 211, 390].
@@ -339,16 +349,152 @@ def cochleagram(waveform: torch.Tensor, *, sr: int = 20000, n: int = 50, low_lim
     ~10x faster on the CPU, relative RMS error 1.6e-3 after compression at oversample 4 over the
     165 NH2015 sounds (docs/SCIENCE.md section 2); backends cpp (CPU) and torch (any device).
 
+    Axes (section 2, "Axes"): channel k's frequency is ``cochleagram_axes(T, ...)[0][k]``, frame
+    f's time ``cochleagram_axes(T, ...)[1][f]`` (or ``Cochleagram(...).frequencies`` / ``.times``).
+    ``sr`` is the waveform's rate: one that env_sr does not divide (44100 Hz) is resampled to the
+    largest multiple of env_sr below it (44000 Hz) first (settings.cochleagram_rate). ``pad_factor`` (None,
+    or >= 1) zero-pads each clip to ceil(pad_factor x T) samples before filtering and keeps the
+    frames of the clip itself, so its edge frames see silence after the clip instead of its own
+    start wrapped around (the filters are circular over the clip's length): on a 2 s sweep the
+    largest change from the clip in long silence falls from 0.14 to 8e-3 at pad_factor 2
+    (section 2). ``window_size`` counts samples at the computing rate (1001: 50 ms at 20 kHz).
+    Clips of different lengths: pad them with zeros at the end and keep ``valid_frames(lengths)``
+    frames of each.
+
     Example::
 
         >>> import torch, topoaudio.ops as ops
         >>> ops.cochleagram(torch.randn(2, 40000) * 0.1).shape
         torch.Size([2, 211, 390])
     """
-    config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
-                               compression, power, offset, clip_value)
+    framing = _Framing.of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                          compression, power, offset, clip_value, pad_factor)
     mode, oversample = cochleagram_mode(mode, oversample)
-    return _run(waveform, config, backend, mode, oversample)
+    return framing.run(waveform, backend, mode, oversample)
+
+
+class _Framing:
+    """What the public op does around the registered one: the caller's sample rate (resampled to
+    config.sr when it differs) and pad_factor (zero-pad, then crop the frames). With a rate env_sr
+    divides and no pad_factor it hands the waveform to _run unchanged: the op as before, bit for
+    bit."""
+
+    def __init__(self, sr: int, config: CochleagramConfig, pad_factor: float | None):
+        self.sr, self.config, self.pad_factor = sr, config, pad_factor
+
+    @classmethod
+    def of(cls, sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compression, power,
+           offset, clip_value, pad_factor) -> _Framing:
+        try:
+            sr, rate = cochleagram_rate(sr, env_sr, high_lim)
+            pad_factor = pad_factor_setting(pad_factor)
+        except ValueError as error:
+            raise ValueError(f"invalid cochleagram configuration: {error}") from None
+        config = CochleagramConfig(rate, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                                   compression, power, offset, clip_value)
+        return cls(sr, config, pad_factor)
+
+    def samples(self, n_samples: int) -> int:
+        """The length at config.sr of a clip of n_samples at the caller's rate (torchaudio's)."""
+        if self.sr == self.config.sr:
+            return n_samples
+        return -(-n_samples * self.config.sr // self.sr)
+
+    def n_frames(self, n_samples: int) -> int:
+        return self.config.n_frames(self.samples(n_samples))
+
+    def run(self, waveform, backend, mode, oversample) -> torch.Tensor:
+        if self.sr != self.config.sr:
+            self.config.check_waveform(waveform)  # before resampling: the caller's shapes
+            import torchaudio.functional  # only for rates env_sr does not divide
+
+            waveform = torchaudio.functional.resample(
+                waveform.float() if waveform.dtype in (torch.float16, torch.bfloat16) else waveform,
+                self.sr, self.config.sr)
+        if self.pad_factor is None:
+            return _run(waveform, self.config, backend, mode, oversample)
+        self.config.check_waveform(waveform)
+        length = waveform.shape[-1]
+        padded = torch.nn.functional.pad(waveform, (0, math.ceil(self.pad_factor * length) - length))
+        return _run(padded, self.config, backend, mode, oversample)[..., :self.config.n_frames(length)]
+
+    def settings(self) -> dict:
+        settings = _config_kwargs(self.config)
+        settings["sr"] = self.sr
+        if self.sr != self.config.sr:
+            settings["resampled_to"] = self.config.sr
+        if self.pad_factor is not None:
+            settings["pad_factor"] = self.pad_factor
+        return settings
+
+
+def cochleagram_axes(n_samples: int, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
+                     high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
+                     window_size: int = 1001) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequencies [C] in Hz, times [frames] in s) of the cochleagram of a clip of `n_samples`
+    samples at `sr` with these settings (docs/SCIENCE.md section 2, "Axes"); float64 tensors.
+
+    frequencies: each channel's centroid on the ERB scale of its power response within [0, sr/2]
+    (= the band-pass centre for every band-pass filter inside the band; the 2 x sample_factor
+    low/high-pass edge channels and the band-pass ones cut by Nyquist get the centre of what they
+    pass; ascending). times: frame f at (f D + window_size / 2) / rate, D = rate / env_sr, the
+    windowed sinc's peak, in the caller's time (after any resampling).
+
+    Example::
+
+        >>> import topoaudio.ops as ops
+        >>> freqs, times = ops.cochleagram_axes(40000)
+        >>> freqs.shape, times.shape
+        (torch.Size([211]), torch.Size([390]))
+        >>> times[:2]                                   # (f x 100 + 500.5) / 20000 s
+        tensor([0.0250, 0.0300], dtype=torch.float64)
+    """
+    module = Cochleagram(sr=sr, n=n, low_lim=low_lim, high_lim=high_lim,
+                         sample_factor=sample_factor, env_sr=env_sr, window_size=window_size)
+    return module.frequencies, module.times(n_samples)
+
+
+def valid_frames(lengths, *, sr: int = 20000, env_sr: int = 200,
+                 window_size: int = 1001) -> torch.Tensor:
+    """Frames [B] (int64) of each clip of a zero-padded batch that lie wholly inside the clip:
+    (L' - window_size) // D + 1 for a clip of L samples (L' = its length at the computing rate,
+    section 2), 0 when shorter than the window. The padding rule for clips of different lengths:
+    pad each at its end with zeros to the longest, run the batch, keep each clip's first
+    valid_frames; later frames mix in the padding. Those kept differ from the clip's own
+    cochleagram near its end only through the filters' wrap-around (``pad_factor`` bounds it).
+
+    Example::
+
+        >>> import torch, topoaudio.ops as ops
+        >>> ops.valid_frames(torch.tensor([40000, 30000, 20000]))
+        tensor([390, 290, 190])
+    """
+    try:
+        sr, rate = cochleagram_rate(sr, env_sr)
+    except ValueError as error:
+        raise ValueError(f"invalid cochleagram configuration: {error}") from None
+    window_size = positive_integer("window_size", window_size)
+    stride = rate // env_sr
+    lengths = _checked_lengths(lengths)
+    if rate != sr:
+        lengths = -(-lengths * rate // sr)
+    frames = torch.div(lengths - window_size, stride, rounding_mode="floor") + 1
+    return frames.clamp_min(0)
+
+
+def _checked_lengths(lengths) -> torch.Tensor:
+    """lengths as an int64 CPU tensor [B] of non-negative integers, or one ValueError naming it."""
+    try:
+        values = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"lengths must be integers (a list or a tensor [B]), got {lengths!r}") from None
+    if values.dim() > 1 or values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers (a list or a tensor [B]), got dtype {values.dtype} "
+                         f"and shape {tuple(values.shape)}")
+    values = values.to(torch.int64).cpu().reshape(-1)
+    if bool((values < 0).any()):
+        raise ValueError(f"lengths must be >= 0 samples, got {values.tolist()}")
+    return values
 
 
 def _run(waveform: torch.Tensor, config: CochleagramConfig, backend: str | None,
@@ -426,16 +572,35 @@ def last_backend() -> str | None:
 
 class Cochleagram(nn.Module):
     """nn.Module form of `cochleagram`: the configuration is checked once at construction; filters
-    are built once per (signal length, device, dtype) and cached."""
+    are built once per (signal length, device, dtype) and cached.
+
+    Axes (docs/SCIENCE.md section 2, "Axes"): ``frequencies`` [C] (Hz, ascending, every one in
+    [0, sr / 2]), ``times(T)`` [frames] (s, each frame's centre), ``n_frames(T)``, and
+    ``valid_frames(lengths)`` for a zero-padded batch of clips of different lengths. ``sr`` is the
+    input's rate (one that env_sr does not divide is resampled to ``config.sr``, the largest
+    multiple below it); ``pad_factor`` as in `cochleagram`.
+
+    Example::
+
+        >>> import torch, topoaudio.ops as ops
+        >>> frontend = ops.Cochleagram(sr=44100, window_size=2201)  # 44000 Hz inside; 50 ms
+        >>> frontend(torch.randn(3, 88200) * 0.1).shape              # 2 s at 44.1 kHz
+        torch.Size([3, 211, 390])
+        >>> frontend.frequencies.shape, frontend.times(88200)[:2]
+        (torch.Size([211]), tensor([0.0250, 0.0300], dtype=torch.float64))
+    """
 
     def __init__(self, *, sr: int = 20000, n: int = 50, low_lim: float = 50.0,
                  high_lim: float = 10000.0, sample_factor: int = 4, env_sr: int = 200,
                  window_size: int = 1001, compression: str | None = "power", power: float = 0.3,
                  offset: float = 1e-8, clip_value: float = 5.0, backend: str | None = "auto",
-                 mode: str = "exact", oversample: float | None = None):
+                 mode: str = "exact", oversample: float | None = None,
+                 pad_factor: float | None = None):
         super().__init__()
-        self.config = CochleagramConfig(sr, n, low_lim, high_lim, sample_factor, env_sr,
-                                        window_size, compression, power, offset, clip_value)
+        self._framing = _Framing.of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size,
+                                    compression, power, offset, clip_value, pad_factor)
+        self.config = self._framing.config  # at the computing rate
+        self.sr, self.pad_factor = self._framing.sr, self._framing.pad_factor
         self.backend = backend_name(backend)
         self.mode, self.oversample = cochleagram_mode(mode, oversample)
 
@@ -443,14 +608,32 @@ class Cochleagram(nn.Module):
     def n_channels(self) -> int:
         return self.config.n_channels
 
+    @property
+    def frequencies(self) -> torch.Tensor:
+        """Each channel's frequency [C] in Hz (float64, ascending; ``cochleagram_axes``)."""
+        return torch.from_numpy(channel_frequencies(self.config).copy())
+
+    def times(self, signal_length: int) -> torch.Tensor:
+        """Time in seconds [frames] (float64) of each frame's centre for a clip of signal_length
+        samples at ``sr``: (f D + window_size / 2) / config.sr."""
+        return torch.from_numpy(frame_times(self.config, self._framing.samples(int(signal_length))))
+
     def n_frames(self, signal_length: int) -> int:
-        return self.config.n_frames(signal_length)
+        return self._framing.n_frames(signal_length)
+
+    def valid_frames(self, lengths) -> torch.Tensor:
+        """Frames [B] (int64) of each clip of a zero-padded batch that lie wholly inside it
+        (``topoaudio.ops.valid_frames``)."""
+        return valid_frames(lengths, sr=self.sr, env_sr=self.config.env_sr,
+                            window_size=self.config.window_size)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return _run(waveform, self.config, self.backend, self.mode, self.oversample)
+        return self._framing.run(waveform, self.backend, self.mode, self.oversample)
 
     def extra_repr(self) -> str:
-        settings = {**_config_kwargs(self.config), "mode": self.mode}
+        settings = {**self._framing.settings(), "mode": self.mode}
         if self.oversample is not None:
             settings["oversample"] = self.oversample
+        if self.backend != "auto":
+            settings["backend"] = self.backend
         return ", ".join(f"{k}={v!r}" for k, v in settings.items())

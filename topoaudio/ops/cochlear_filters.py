@@ -53,7 +53,8 @@ class CochleagramConfig:
         if self.sr % self.env_sr != 0:
             problems.append(
                 f"sr ({self.sr}) must be an integer multiple of env_sr ({self.env_sr}): "
-                "the envelope is downsampled by an integer stride sr / env_sr")
+                "the envelope is downsampled by an integer stride sr / env_sr (ops.cochleagram "
+                "and ops.Cochleagram resample other rates to the largest multiple below)")
         if not self.low_lim < self.high_lim:
             problems.append(f"need 0 < low_lim < high_lim, got low_lim={self.low_lim}, "
                             f"high_lim={self.high_lim}")
@@ -136,19 +137,30 @@ def erb_to_freq(erb):
 @functools.lru_cache(maxsize=32)
 def erb_cosine_filters(config: CochleagramConfig, signal_length: int) -> np.ndarray:
     """Frequency responses [C, T // 2 + 1] (float64, read-only) on the rfft grid of the signal."""
-    sf = config.sample_factor
     if signal_length % 2 == 0:
         n_bins, max_freq = signal_length // 2, config.sr / 2
     else:
         n_bins = (signal_length - 1) // 2
         max_freq = config.sr * (signal_length - 1) / 2 / signal_length
-    freqs = np.linspace(0.0, max_freq, n_bins + 1)
-    freqs_erb = freq_to_erb(freqs)
-    n_bandpass = sf * (config.n + 1) - 1
+    filters = _filter_responses(config, np.linspace(0.0, max_freq, n_bins + 1))
+    filters.setflags(write=False)
+    return filters
+
+
+def _erb_centres(config: CochleagramConfig) -> tuple[np.ndarray, float]:
+    """(band-pass centres in ERB [sample_factor (n + 1) - 1], the ERB step between them)."""
     centres, step = np.linspace(freq_to_erb(config.low_lim), freq_to_erb(config.high_lim),
-                                n_bandpass + 2, retstep=True)
-    centres = centres[1:-1]
-    filters = np.zeros((n_bandpass + 2 * sf, n_bins + 1))
+                                config.sample_factor * (config.n + 1) + 1, retstep=True)
+    return centres[1:-1], float(step)
+
+
+def _filter_responses(config: CochleagramConfig, freqs: np.ndarray) -> np.ndarray:
+    """Every channel's response [C, len(freqs)] at the ascending frequencies `freqs` (Hz)."""
+    sf = config.sample_factor
+    freqs_erb = freq_to_erb(freqs)
+    centres, step = _erb_centres(config)
+    n_bandpass = len(centres)
+    filters = np.zeros((n_bandpass + 2 * sf, len(freqs)))
     for i, centre in enumerate(centres):
         lo, hi = centre - sf * step, centre + sf * step
         inside = (freqs_erb > lo) & (freqs_erb < hi)  # strictly inside, as the original
@@ -165,17 +177,58 @@ def erb_cosine_filters(config: CochleagramConfig, signal_length: int) -> np.ndar
             bottom = above[0]
             filters[-1 - i, bottom:] = np.sqrt(1.0 - filters[-1 - i - sf, bottom:] ** 2)
     filters /= np.sqrt(sf)
-    filters.setflags(write=False)
     return filters
 
 
 def channel_center_freqs(config: CochleagramConfig) -> np.ndarray:
-    """Centre frequency (Hz) of each of the C channels, lowpass ones first (for axes and maps)."""
+    """Design frequency (Hz) of each of the C channels, lowpass ones first: each band-pass
+    filter's centre (its peak), and for the ``sample_factor`` low-pass (high-pass) channels the
+    ERB point ``sample_factor`` steps below (above) their partner band-pass centre, where the
+    low-pass starts to fall (the high-pass reaches full gain). The edge points lie below low_lim
+    and above high_lim; with high_lim at Nyquist (the default) the top three lie above sr / 2
+    (10182, 10368, 10556 Hz at 20 kHz), where those channels have no bins. ``channel_frequencies``
+    gives every channel a frequency inside [0, sr / 2] instead."""
     sf = config.sample_factor
-    centres, step = np.linspace(freq_to_erb(config.low_lim), freq_to_erb(config.high_lim),
-                                sf * (config.n + 1) + 1, retstep=True)
-    centres = centres[1:-1]
+    centres, step = _erb_centres(config)
     return erb_to_freq(np.concatenate([centres[:sf] - sf * step, centres, centres[-sf:] + sf * step]))
+
+
+# Grid points per ERB step for channel_frequencies: aligned with the band-pass centres, so a
+# symmetric half-cosine's centroid falls exactly on its centre.
+_CENTROID_POINTS_PER_STEP = 64
+
+
+@functools.lru_cache(maxsize=32)
+def channel_frequencies(config: CochleagramConfig) -> np.ndarray:
+    """Frequency (Hz) of each of the C channels, ascending (docs/SCIENCE.md section 2, "Axes"):
+    the centroid on the ERB scale of the channel's power response |H_k|^2 over [0, sr / 2].
+    For every band-pass filter that lies inside (0, sr / 2) this is its centre, exactly (the
+    half-cosine is symmetric in ERB); band-pass filters cut by Nyquist, and the low- and high-pass
+    edge channels, get the centre of what they actually pass, so every value is inside
+    [0, sr / 2] and the values rise strictly with the channel index. Independent of clip length
+    (a dense ERB grid, not the rfft grid). float64, read-only."""
+    centres, step = _erb_centres(config)
+    spacing = step / _CENTROID_POINTS_PER_STEP
+    top = float(freq_to_erb(config.sr / 2))
+    first = int(np.ceil(-centres[0] / spacing))
+    last = int(np.floor((top - centres[0]) / spacing))
+    grid_erb = centres[0] + spacing * np.arange(first, last + 1)
+    # each point stands for its cell of the ERB axis, the two end cells clipped to [0, top]
+    low = np.maximum(grid_erb - spacing / 2, 0.0)
+    high = np.minimum(grid_erb + spacing / 2, top)
+    power = _filter_responses(config, erb_to_freq(grid_erb)) ** 2 * (high - low)
+    frequencies = erb_to_freq(power @ ((low + high) / 2) / power.sum(axis=1))
+    frequencies.setflags(write=False)
+    return frequencies
+
+
+def frame_times(config: CochleagramConfig, n_samples: int) -> np.ndarray:
+    """Time (s) of each output frame of a clip of `n_samples` samples at config.sr: frame f is the
+    window over samples [f D, f D + W) (D = config.stride, W = window_size), and its time is the
+    windowed sinc's peak, (f D + W / 2) / sr (sample t at t / sr). 2 s at the defaults: 390 frames
+    at 0.02503, 0.03003, ..., 1.97003 s. float64 [n_frames]."""
+    n_frames = config.n_frames(int(n_samples))
+    return (np.arange(max(n_frames, 0)) * config.stride + config.window_size / 2) / config.sr
 
 
 @functools.lru_cache(maxsize=32)

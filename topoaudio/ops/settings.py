@@ -95,3 +95,37 @@ def cochleagram_mode(mode, oversample) -> tuple[str, float | None]:
         raise ValueError(f"oversample must be >= 1 (each band sampled at least at its own width), "
                          f"got {oversample}")
     return mode, oversample
+
+
+def cochleagram_rate(sr, env_sr, high_lim=None) -> tuple[int, int]:
+    """(sr, rate): the caller's sample rate and the rate the cochleagram computes at
+    (docs/SCIENCE.md section 2, "Any sample rate"). The envelope is downsampled by an integer
+    stride, so the rate must be a multiple of env_sr: a sample rate that is one is used as is
+    (bit for bit the op as before); any other is resampled (torchaudio.functional.resample, band
+    limited, differentiable) down to the largest multiple of env_sr below it: 44100 Hz -> 44000 Hz,
+    22050 -> 22000, 11025 -> 11000 at env_sr 200 (down, so no band above the input's Nyquist
+    frequency is made up). The frames stay 1 / env_sr apart in the caller's time. ValueError in
+    one line when there is no such multiple (sr below env_sr), or when high_lim (if given) is
+    above the Nyquist frequency of the computing rate."""
+    sr, env_sr = positive_integer("sr", sr), positive_integer("env_sr", env_sr)
+    rate = env_sr * (sr // env_sr)
+    if rate == 0:
+        raise ValueError(f"sr ({sr} Hz) is below env_sr ({env_sr} Hz): the envelope cannot be "
+                         "sampled faster than the sound; lower env_sr")
+    if high_lim is not None and positive_number("high_lim", high_lim) > rate / 2:
+        resampled = f" (sr={sr} resampled to {rate} Hz)" if rate != sr else ""
+        raise ValueError(f"high_lim ({high_lim} Hz) is above the Nyquist frequency sr/2 = "
+                         f"{rate / 2} Hz{resampled}; lower high_lim")
+    return sr, rate
+
+
+def pad_factor_setting(value) -> float | None:
+    """None (no padding: the op as before) or a finite number >= 1: the clip is zero-padded to
+    ceil(pad_factor x T) samples before filtering and the frames cropped back (section 2)."""
+    if value is None:
+        return None
+    number = finite_number("pad_factor", value)
+    if number < 1:
+        raise ValueError(f"pad_factor must be None or a finite number >= 1 (the padded length over "
+                         f"the clip's), got {number}")
+    return None if number == 1 else number

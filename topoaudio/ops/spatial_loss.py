@@ -450,29 +450,152 @@ def _fused_backward(ctx, grad_loss):
 class SpatialLoss(nn.Module):
     """nn.Module form: weight x spatial_loss of a layer's unit responses on a cortical sheet.
 
-    `sheet` is anything with ``positions`` [N, 2] (mm) and, optionally, ``responses(activations)``
-    turning a layer's activations into unit responses [B, N]; without it, activations are
-    flattened to [B, N].
+    `sheet` is a positions tensor [N, 2] (mm, any float dtype; kept without gradient), or anything
+    with ``positions`` [N, 2] (a ``topoaudio.sheet.CorticalSheet``) and, optionally,
+    ``responses(activations)`` turning a layer's activations into unit responses [B, N].
+    ``responses=`` (a callable activations -> [B, N]) overrides both; without either, activations
+    are flattened to [B, N] (every element after the batch dim is a unit). The number of units is
+    checked against the positions at each forward, a ValueError naming both counts.
+    ``layer`` names the layer in messages and the repr; ``SpatialLoss.from_layer(model, name,
+    positions)`` also hooks that layer of a model, so ``loss()`` reads its latest output.
+
+    Example::
+
+        >>> import torch, topoaudio.ops as ops
+        >>> loss = ops.SpatialLoss(torch.rand(64, 2) * 5, weight=0.25)
+        >>> value = loss(torch.randn(8, 64))           # activations [B, 64]: 64 units
     """
 
     def __init__(self, sheet, *, kind: str = "relative", radius: float | None = None,
                  eps: float = 1e-6, weight: float = 1.0, backend: str = "auto",
-                 lattice: bool | None = None):
+                 lattice: bool | None = None, responses=None, layer: str | None = None):
         super().__init__()
         self.kind, self.radius, self.eps = spatial_settings(kind, radius, eps)
-        self.sheet, self.weight = sheet, finite_number("weight", weight)
+        self.weight = finite_number("weight", weight)
         self.backend = backend_name(backend)
         self.lattice = _lattice_option(lattice)
+        if responses is not None and not callable(responses):
+            raise ValueError(f"responses must be a callable activations -> [B, N], got {responses!r}")
+        if layer is not None and not isinstance(layer, str):
+            raise ValueError(f"layer must be a layer name (str) or None, got {layer!r}")
+        self.layer, self.responses = layer, responses
+        if isinstance(sheet, torch.Tensor):
+            self.sheet, self._positions = None, _checked_positions(sheet, self._who())
+        elif hasattr(sheet, "positions"):
+            self.sheet, self._positions = sheet, None
+            _checked_positions(torch.as_tensor(sheet.positions), self._who())
+        else:
+            raise ValueError(f"{self._who()} takes a positions tensor [N, 2] (mm) or a sheet with "
+                             f".positions, got {type(sheet).__name__}")
+        self._captured = None
+        self._hook = None
 
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        responses = (self.sheet.responses(activations) if hasattr(self.sheet, "responses")
-                     else activations.flatten(1))
+    @property
+    def positions(self) -> torch.Tensor:
+        """The units' positions [N, 2] in mm (the sheet's own tensor when built from a sheet)."""
+        return self._positions if self.sheet is None else self.sheet.positions
+
+    @property
+    def n_units(self) -> int:
+        return int(self.positions.shape[0])
+
+    @classmethod
+    def from_layer(cls, model: nn.Module, layer: str, sheet, **kwargs) -> SpatialLoss:
+        """A SpatialLoss hooked on layer `layer` of `model` (a name from ``named_modules()``): each
+        forward of the model keeps that layer's output, and ``loss()`` (no argument) computes the
+        loss on the latest one, in the same graph. `sheet` and keyword arguments as the
+        constructor's. ValueError naming the layer when the model lacks it; ``remove()`` detaches
+        the hook. A layer whose output is not one tensor is refused at its first forward.
+
+        Example::
+
+            >>> import torch, topoaudio.ops as ops
+            >>> model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU())
+            >>> loss = ops.SpatialLoss.from_layer(model, "0", torch.rand(32, 2) * 4)
+            >>> logits = model(torch.randn(16, 10))
+            >>> value = loss()                              # on model[0]'s output [16, 32]
+        """
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        modules = dict(model.named_modules())
+        if not isinstance(layer, str) or layer not in modules:
+            names = [name for name in modules if name]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise ValueError(f"model ({type(model).__name__}) has no layer {layer!r}; its layers are "
+                             f"{shown or 'none'}")
+        loss = cls(sheet, layer=layer, **kwargs)
+        loss._hook = modules[layer].register_forward_hook(loss._capture)
+        return loss
+
+    def _capture(self, module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"{self._who()}: layer output is a {type(output).__name__}, not a "
+                             "tensor [B, ...]; hook a layer that returns one tensor")
+        self._captured = output
+
+    def remove(self) -> None:
+        """Detach the forward hook of ``from_layer`` and drop the activations it kept."""
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = self._captured = None
+
+    def forward(self, activations: torch.Tensor | None = None) -> torch.Tensor:
+        if activations is None:
+            if self._hook is None:
+                raise ValueError(f"{self._who()} needs activations; only a loss made with "
+                                 "SpatialLoss.from_layer reads them from its layer")
+            if self._captured is None:
+                raise ValueError(f"{self._who()}: no activations yet; run the model forward first")
+            activations = self._captured
+        if not isinstance(activations, torch.Tensor) or activations.dim() < 2:
+            got = tuple(activations.shape) if isinstance(activations, torch.Tensor) else \
+                type(activations).__name__
+            raise ValueError(f"{self._who()} expects activations [B, ...], got {got}")
+        if self.responses is not None:
+            responses = self.responses(activations)
+        elif self.sheet is not None and hasattr(self.sheet, "responses"):
+            responses = self.sheet.responses(activations)
+        else:
+            responses = activations.flatten(1)
+        if not isinstance(responses, torch.Tensor) or responses.dim() != 2:
+            got = tuple(responses.shape) if isinstance(responses, torch.Tensor) else \
+                type(responses).__name__
+            raise ValueError(f"{self._who()}: responses must be [B, N], got {got}")
+        if responses.shape[1] != self.n_units:
+            raise ValueError(f"{self._who()}: the layer has {responses.shape[1]} units (activations "
+                             f"{tuple(activations.shape)} -> responses {tuple(responses.shape)}) but "
+                             f"the positions hold {self.n_units}")
         positions = self._positions_on(responses.device)
         return self.weight * spatial_loss(responses, positions, kind=self.kind, radius=self.radius,
                                           eps=self.eps, backend=self.backend, lattice=self.lattice)
 
     def _positions_on(self, device: torch.device) -> torch.Tensor:
-        source = self.sheet.positions
+        source = self.positions
         if not isinstance(source, torch.Tensor):
             return torch.as_tensor(source, device=device)
         return positions_on(source, device)
+
+    def _who(self) -> str:
+        return "SpatialLoss" if self.layer is None else f"SpatialLoss on layer {self.layer!r}"
+
+    def extra_repr(self) -> str:
+        extent = (self.positions.amax(dim=0) - self.positions.amin(dim=0)).tolist()
+        source = "positions" if self.sheet is None else type(self.sheet).__name__
+        parts = [f"layer={self.layer!r}"] if self.layer is not None else []
+        parts += [f"units={self.n_units} ({source}, {extent[0]:.3g} x {extent[1]:.3g} mm)",
+                  f"kind={self.kind!r}", f"radius={self.radius}", f"eps={self.eps}",
+                  f"weight={self.weight}", f"backend={self.backend!r}", f"lattice={self.lattice}"]
+        return ", ".join(parts)
+
+
+def _checked_positions(positions: torch.Tensor, who: str) -> torch.Tensor:
+    """positions [N, 2] (N >= 2), real floating point, finite, detached; ValueError naming it."""
+    if positions.dim() != 2 or positions.shape[1] != 2 or positions.shape[0] < 2:
+        raise ValueError(f"{who}: positions must be [N, 2] (x, y in mm) with N >= 2, got shape "
+                         f"{tuple(positions.shape)}")
+    if not positions.is_floating_point():
+        raise ValueError(f"{who}: positions must be floating point (mm), got {positions.dtype}")
+    if positions.device.type != "meta" and not bool(torch.isfinite(positions).all()):
+        raise ValueError(f"{who}: positions contain {int((~torch.isfinite(positions)).sum())} "
+                         "NaN or Inf values")
+    return positions.detach()

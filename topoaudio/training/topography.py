@@ -22,90 +22,19 @@ from torch import nn
 
 from topoaudio.checkpoint import sheets_for
 from topoaudio.ops import spatial_loss
-from topoaudio.ops.spatial_common import SHEET_CACHE, positions_on
+from topoaudio.ops.spatial_common import positions_on
+from topoaudio.ops.tdann_windows import (  # the sampler, public in topoaudio.ops
+    _sheet_windows,  # noqa: F401 (tests/test_tdann_window_cache.py reads it here)
+    nearest_neighbourhood,
+    tdann_neighbourhood,
+    tdann_neighbourhood_size,
+)
 from topoaudio.sheet import CorticalSheet
 from topoaudio.topoloss import TopoLoss, tau_schedule
 
 from .config import TrainConfig
 
 NEIGHBOURHOOD_KINDS = ("tdann", "knearest")
-TDANN_MIN_UNITS = 25  # collapse_and_trim_neighborhoods' min_nb_size
-TDANN_SIZE_PERCENTILE = 5.0  # its keep_fraction 0.95
-TDANN_SIZE_WINDOWS = 20_000  # how many windows its position script draws
-MAX_REDRAWS = 10_000
-
-
-def _window_bounds(points: torch.Tensor, width_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) [2] of the window centres: the bounding box shrunk by half a width per side."""
-    low = points.min(dim=0).values + width_mm / 2
-    high = points.max(dim=0).values - width_mm / 2
-    if bool((high < low).any()):
-        extent = (high - low + width_mm).tolist()
-        raise ValueError(f"neighbourhood_width_mm={width_mm} is wider than the sheet "
-                         f"({extent[0]:.3g} x {extent[1]:.3g} mm): no window fits on it")
-    return low, high
-
-
-def _sheet_windows(positions: torch.Tensor, width_mm: float):
-    """(points, low, high): the positions in float64 on the CPU (draws come from a CPU generator
-    on any device) and the window centres' bounds. Once per positions tensor, width and in-place
-    version (SHEET_CACHE): a training step draws several windows from the same sheet, every step."""
-    def compute():
-        points = positions.detach().cpu().double()
-        return (points, *_window_bounds(points, width_mm))
-    return SHEET_CACHE.get(positions, ("tdann windows", float(width_mm)), compute)
-
-
-def _window_centres(low, high, count: int, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(count, 2, generator=generator, dtype=torch.float64)
-
-
-def _in_windows(points: torch.Tensor, centres: torch.Tensor, width_mm: float) -> torch.Tensor:
-    """[W, N] bool: unit n (points [N, 2] float64) inside the closed square of side width_mm
-    around centre w."""
-    # one axis at a time: two [W, N] passes instead of a [W, N, 2] offset tensor
-    inside = (points[:, 0][None] - centres[:, :1]).abs_() <= width_mm / 2
-    return inside.logical_and_((points[:, 1][None] - centres[:, 1:]).abs_() <= width_mm / 2)
-
-
-def tdann_neighbourhood_size(positions: torch.Tensor, width_mm: float, limit: int,
-                             generator: torch.Generator, windows: int = TDANN_SIZE_WINDOWS) -> int:
-    """TDANN's common neighbourhood size for a sheet: min(limit, max(25, int(5th percentile of the
-    unit counts of `windows` random windows))). ValueError when that leaves fewer than 2 units."""
-    points, low, high = _sheet_windows(positions, width_mm)
-    counts = []
-    # chunks keep the [windows, N] mask small on large sheets
-    chunk = max(1, 2 ** 22 // max(1, len(points)))
-    for start in range(0, windows, chunk):
-        centres = _window_centres(low, high, min(chunk, windows - start), generator)
-        counts.append(_in_windows(points, centres, width_mm).sum(dim=1))
-    counts = torch.cat(counts).double()
-    # numpy's / scipy's default percentile: linear between order statistics
-    size = min(limit, max(TDANN_MIN_UNITS, int(torch.quantile(counts, TDANN_SIZE_PERCENTILE / 100))))
-    if size > len(points) or size > int(counts.max()):
-        raise ValueError(f"no {width_mm} mm window holds {size} units (largest: {int(counts.max())}); "
-                         "widen neighbourhood_width_mm")
-    return size
-
-
-def tdann_neighbourhood(positions: torch.Tensor, width_mm: float, size: int,
-                        generator: torch.Generator) -> torch.Tensor:
-    """Indices [size] of one TDANN neighbourhood: a random window (centre off the edges) holding at
-    least `size` units, thinned to `size` of them at random without replacement."""
-    points, low, high = _sheet_windows(positions, width_mm)
-    for _ in range(MAX_REDRAWS):
-        inside = _in_windows(points, _window_centres(low, high, 1, generator), width_mm)[0]
-        members = inside.nonzero().flatten()
-        if len(members) >= size:
-            return members[torch.randperm(len(members), generator=generator)[:size]]
-    raise ValueError(f"{MAX_REDRAWS} random {width_mm} mm windows all held fewer than {size} units")
-
-
-def nearest_neighbourhood(positions: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of the k units nearest a unit drawn at random (all units when there are fewer)."""
-    centre = positions[int(torch.randint(len(positions), (1,), generator=generator))]
-    k = min(k, len(positions))
-    return torch.topk((positions - centre).norm(dim=1), k, largest=False).indices
 
 
 def _output_weights(module: nn.Module) -> nn.Module:
