@@ -13,10 +13,9 @@ import sys
 os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-
 from topoaudio.kernels import cochleagram as coch  # noqa: E402
 from topoaudio.kernels import spatial_loss as spatial  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 
