@@ -30,7 +30,7 @@ def test_train_py_help_lists_every_setting_grouped_with_its_type_and_default():
     flat = " ".join(text.split())
     for name in RULES:
         assert f"--{name} " in text, name
-    assert "--steps INT optimiser steps (default: 1600)" in flat
+    assert "--steps INT optimiser steps (default: 5000)" in flat
     assert "--lr FLOAT peak learning rate (default: 0.002)" in flat
     assert "--topo {none,spatial,topoloss}" in flat and "(default: spatial)" in flat
     assert ("--topo_layers STR,... the layers it applies to (taps of the model) "
@@ -102,3 +102,31 @@ def test_topoaudio_train_refuses_a_bad_setting_in_one_line(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["train", "--steps", "0"])
     assert stop.value.code == "topoaudio train: steps must be >= 1, got 0"
+
+
+_POLICY_PROBE = ("import sys, runpy; sys.argv = ['train.py', '--help']\n"
+                 "try:\n    runpy.run_path({path!r}, run_name='__main__')\n"
+                 "except SystemExit:\n    pass\n"
+                 "import os; print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_training_lets_openmp_threads_sleep_unless_the_user_chose(given, expected):
+    # issue 20: set before torch loads OpenMP, which reads it once; a user's own choice wins
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    probe = _POLICY_PROBE.format(path=os.path.join(REPO, "train.py"))
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True)
+    assert f"policy {expected}" in done.stdout
+
+
+def test_the_wait_policy_is_left_alone_once_torch_is_loaded(monkeypatch):
+    import torch  # noqa: F401  (loaded: OpenMP has read its settings already)
+
+    from topoaudio.commandline import sleeping_openmp_waits
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    sleeping_openmp_waits()
+    assert "OMP_WAIT_POLICY" not in os.environ

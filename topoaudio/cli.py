@@ -42,6 +42,9 @@ def main(argv=None) -> None:
         sys.exit(f"topoaudio: {given}choose one of {', '.join(COMMANDS)} (see topoaudio --help)")
     name, rest = argv[0], argv[1:]
     if name == "train":
+        from topoaudio.commandline import sleeping_openmp_waits
+
+        sleeping_openmp_waits()  # before torch is imported
         from topoaudio.training import command
 
         command(rest, prog="topoaudio train")

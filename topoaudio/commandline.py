@@ -42,3 +42,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
+
+
+def sleeping_openmp_waits() -> None:
+    """Let the training's OpenMP threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE) unless the
+    user chose a policy. Why: on a machine with as many cores as threads, the DataLoader worker that
+    synthesises the scenes shares the cores with torch's threads, and a thread spinning at a barrier
+    takes the core the worker needs (issue 20: 71 -> 81 clips/s on 2 cores, bench/RESULTS.md).
+    OpenMP reads the variable once, when torch loads it: call this before `import torch`."""
+    import os
+
+    if "torch" in sys.modules:
+        return  # too late to matter; the policy the process started with stays
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -22,7 +22,9 @@ from . import music, speech
 from .procedural import _hiss, _impacts, _modulated_noise, _rumble, _unit_rms, demeaned_at_target_rms
 
 CATEGORIES = ("speech", "music", "environment")
-SPLITS = ("train", "validation")
+# "speaker_validation": new renderings of words by the training voices, so that the speaker task
+# (whose classes are those voices) can be measured; "validation" speaks only with held-out voices.
+SPLITS = ("train", "validation", "speaker_validation")
 SNR_RANGE_DB = (-5.0, 15.0)
 _TEXTURES = {"hiss": _hiss, "rumble": _rumble, "impacts": _impacts, "modulated_noise": _modulated_noise}
 ENVIRONMENT_KINDS = tuple(_TEXTURES) + ("sound_effect",)
@@ -61,8 +63,10 @@ class SpeechMusicScenes(torch.utils.data.Dataset):
     `voices` of speech.TRAIN_VOICES (all 164 by default) and its speaker label is that voice's index;
     "validation" speaks only with speech.HELD_OUT_VOICES (40 voices built from voice variants that no
     training voice uses), so its speaker label is -1 (a new voice has no training class); the word,
-    instrument and category tasks apply in both. Different split codes in the seed give different
-    pitches, notes, textures, backgrounds and SNRs.
+    instrument and category tasks apply in both. "speaker_validation" holds only speech clips, spoken
+    by the training voices, and labels only the speaker (every other task -1): held-out clips of the
+    training voices, the one split that can measure the speaker task. Different split codes in the
+    seed give different pitches, rates, onsets, backgrounds and SNRs.
 
     words: the word task's classes, the first `words` of speech.WORDS (2-220, default 50).
     instrument: "program" (121 classes: GM programs 0-119 and percussion) or "family" (16: the 15
@@ -102,7 +106,8 @@ class SpeechMusicScenes(torch.utils.data.Dataset):
         self.sr, self.seconds = int(sr), float(seconds)
         self.samples = int(round(self.sr * self.seconds))
         self.words, self.instrument = int(words), instrument
-        self.voices = speech.TRAIN_VOICES[:int(voices)] if split == "train" else speech.HELD_OUT_VOICES
+        self.voices = (speech.HELD_OUT_VOICES if split == "validation"
+                       else speech.TRAIN_VOICES[:int(voices)])
         self.TASKS = _tasks(self.words, int(voices), instrument)
 
     @property
@@ -118,7 +123,8 @@ class SpeechMusicScenes(torch.utils.data.Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} items")
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
-        category, turn = int(index) % 3, int(index) // 3
+        category, turn = ((0, int(index)) if self.split == "speaker_validation"
+                          else (int(index) % 3, int(index) // 3))
         plan = {"index": int(index), "category": category, "category_name": CATEGORIES[category]}
         if category == 0:
             plan["foreground"] = self._speech_plan(rng, turn % self.words)
@@ -159,6 +165,8 @@ class SpeechMusicScenes(torch.utils.data.Dataset):
 
     def target(self, plan: dict) -> dict[str, int]:
         foreground = plan["foreground"]
+        if self.split == "speaker_validation":
+            return {"word": -1, "speaker": foreground["voice"], "instrument": -1, "category": -1}
         target = {"word": -1, "speaker": -1, "instrument": -1, "category": plan["category"]}
         if foreground["kind"] == "speech":
             target["word"] = foreground["word"]

@@ -53,8 +53,14 @@ def _speech_music_scenes(config: TrainConfig):
     try:
         # the split (held-out speakers and renderings), not the seed, separates validation from
         # training
+        # The speaker task's classes are the training voices: held-out voices cannot measure it,
+        # so validation adds val_size / 3 new clips of the training voices, labelled only with
+        # the speaker (as many clips as the held-out part has spoken ones).
+        held_out = SpeechMusicScenes(config.val_size, seed=config.seed, split="validation", **options)
+        speakers = SpeechMusicScenes(max(1, config.val_size // 3), seed=config.seed,
+                                     split="speaker_validation", **options)
         return (SpeechMusicScenes(config.train_size, seed=config.seed, split="train", **options),
-                SpeechMusicScenes(config.val_size, seed=config.seed, split="validation", **options))
+                torch.utils.data.ConcatDataset([held_out, speakers]))
     except ImportError as error:  # a setting this machine cannot run: one line, like device=cuda
         raise ValueError(f"dataset speech_music_scenes: {error}") from None
 

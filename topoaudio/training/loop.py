@@ -104,6 +104,36 @@ class StepBatches(torch.utils.data.Sampler):
         return self.config.steps - self.start
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (avx512_bf16 or AMX): elsewhere oneDNN emulates
+    bf16 convolutions, slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolved_cpu_amp(setting: str, device: torch.device) -> str:
+    """cpu_amp as the run will use it, "on" or "off" (off on GPUs: `amp` rules there)."""
+    if device.type != "cpu":
+        return "off"
+    if setting == "auto":
+        return "on" if native_bf16() else "off"
+    return setting
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    """bf16 autocast of the forward pass (the loss and its backward follow the autocast dtypes):
+    on GPUs by `amp`, on the CPU by `cpu_amp` (resolved to on/off before the run starts)."""
+    if device.type == "cuda" and config.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and config.cpu_amp == "on":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def _lr_lambda(config: TrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -220,6 +250,8 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         run_dir.check_new_run(out)
         config.out = out
     rank, world, device = _setup_device(config)
+    if not resume:  # the saved config says what "auto" chose: a resumed run computes as it began
+        config.cpu_amp = resolved_cpu_amp(config.cpu_amp, device)
     train_set, val_set = build_datasets(config)
     objective = Objective.for_dataset(config, train_set)
     if resume:
@@ -246,8 +278,7 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         os.makedirs(config.out, exist_ok=True)
         run_dir.write_json_atomic(os.path.join(config.out, run_dir.CONFIG_NAME), config.to_dict())
         run_dir.keep_metrics_up_to(os.path.join(config.out, run_dir.METRICS_NAME), start_step)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp
-                else nullcontext())
+    autocast = _autocast(config, device)
     metrics_path = os.path.join(config.out, "metrics.jsonl")
     progress = tqdm(total=config.steps, initial=start_step, disable=rank != 0, desc="train",
                     unit="step", dynamic_ncols=True)
