@@ -82,3 +82,15 @@ def test_runs_saved_before_the_setting_resume_in_float32(tmp_path, monkeypatch):
 def test_a_bad_setting_is_refused_by_name():
     with pytest.raises(ValueError, match="cpu_amp"):
         TrainConfig(cpu_amp="bf16")
+
+
+def test_a_resume_that_asks_for_auto_gets_the_run_as_it_began(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
+    out = str(tmp_path / "asked")
+    config = TrainConfig(**TINY, cpu_amp="auto", out=out)
+    train(config)
+    requested = {**TrainConfig(**TINY, cpu_amp="auto", out=out).to_dict(), "steps": 3}
+    train(resume=True, requested=requested)  # the whole config, "auto" included: accepted
+    assert checkpoint.load(os.path.join(out, checkpoint.CHECKPOINT_NAME))["config"]["cpu_amp"] == "on"
+    with pytest.raises(ValueError, match="cpu_amp='on', not 'off'"):
+        train(resume=True, requested={"out": out, "steps": 4, "cpu_amp": "off"})

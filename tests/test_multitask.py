@@ -329,9 +329,11 @@ def test_the_scene_settings_reach_the_dataset():
     train_set, val_set = build_datasets(TrainConfig(dataset="speech_music_scenes", train_size=3,
                                                     val_size=2, scene_words=40, scene_voices=10,
                                                     scene_instrument="family", clip_seconds=0.5))
-    assert (len(train_set), len(val_set)) == (3, 2)
-    assert (train_set.split, val_set.split) == ("train", "validation")
-    assert train_set.tasks == val_set.tasks
+    held_out, speakers = val_set.datasets  # validation adds clips of the training voices (issue 21)
+    assert (len(train_set), len(held_out), len(speakers)) == (3, 2, 1)
+    assert (train_set.split, held_out.split, speakers.split) == ("train", "validation",
+                                                                 "speaker_validation")
+    assert train_set.tasks == held_out.tasks == speakers.tasks
     assert (train_set.tasks["word"], train_set.tasks["speaker"], train_set.tasks["instrument"]) == (
         40, 10, 16)
     assert train_set.samples == 10000

@@ -22,6 +22,9 @@ METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = "run.lock"
 # What a resumed run may change: its length and how often it logs, evaluates and saves. Everything
 # else defines the experiment, so changing it would not continue the same run.
+# Settings whose value a new run resolves before it saves them (cpu_amp "auto" -> on/off): a resume
+# that asks for the unresolved value asks for the run as it was.
+RESOLVED_AT_START = {"cpu_amp": "auto"}
 CHANGEABLE_ON_RESUME = ("steps", "out", "log_every", "eval_every", "checkpoint_every", "num_workers")
 
 
@@ -152,6 +155,8 @@ def resumed_config(saved: dict, requested: dict, step: int, out: str) -> TrainCo
     except ValueError as error:
         raise ValueError(f"the checkpoint of {out} holds settings this version refuses: {error}") from None
     for key, value in requested.items():
+        if key in RESOLVED_AT_START and value == RESOLVED_AT_START[key]:
+            continue  # "auto" asks for what the run chose when it began, which it keeps
         if key not in CHANGEABLE_ON_RESUME and value != getattr(run, key):
             raise ValueError(f"--resume: the run in {out} has {key}={getattr(run, key)!r}, not "
                              f"{value!r}; a resumed run keeps its settings (only "
