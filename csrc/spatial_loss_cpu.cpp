@@ -233,6 +233,25 @@ void pair_sums_tile(const scalar_t* p, const scalar_t* z, int64_t n, int64_t bat
   }
 }
 
+// The seven pair sums over every tile pair within the radius, added into sums[0..6]: tiles in
+// parallel on the sleeping pool, then summed tile by tile in a fixed order (the same bits at any
+// thread count).
+template <typename scalar_t>
+void add_tiled_pair_sums(const scalar_t* p, const scalar_t* z, int64_t n, int64_t batch,
+                         double radius, double* sums) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  const auto boxes = tile_boxes(p, n);
+  std::vector<double> partial(tiles * 7);
+  // tile a has tiles - a partners: taken in that order, the longest go first
+  run_block_pool(tiles, [&](const auto& take) {
+    Scratch<scalar_t> r(kTile * kTile);
+    for (int64_t a = take(); a < tiles; a = take())
+      pair_sums_tile<scalar_t>(p, z, n, batch, boxes, a, radius, r.data, &partial[a * 7]);
+  });
+  for (int64_t a = 0; a < tiles; ++a)
+    for (int k = 0; k < 7; ++k) sums[k] += partial[a * 7 + k];
+}
+
 // dS/dz of row tile a (every column tile within the radius) into out [rows x B].
 template <typename scalar_t>
 void pair_grad_tile(const scalar_t* p, const scalar_t* z, int64_t n, int64_t batch,
@@ -425,22 +444,11 @@ std::vector<at::Tensor> spatial_weighted_sum_cpu(const at::Tensor& z, const at::
 
 at::Tensor spatial_pair_sums_cpu(const at::Tensor& z, const at::Tensor& positions, double radius) {
   check_spatial_tensors(z, positions);
-  const int64_t n = z.size(0), batch = z.size(1), tiles = (n + kTile - 1) / kTile;
+  const int64_t n = z.size(0), batch = z.size(1);
   auto sums = at::zeros({7}, z.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "spatial_pair_sums_cpu", [&] {
-    const scalar_t* p = positions.data_ptr<scalar_t>();
-    const scalar_t* zp = z.data_ptr<scalar_t>();
-    const auto boxes = tile_boxes(p, n);
-    std::vector<double> partial(tiles * 7);
-    // tile a has tiles - a partners: taken in that order, the longest go first
-    run_block_pool(tiles, [&](const auto& take) {
-      Scratch<scalar_t> r(kTile * kTile);
-      for (int64_t a = take(); a < tiles; a = take())
-        pair_sums_tile<scalar_t>(p, zp, n, batch, boxes, a, radius, r.data, &partial[a * 7]);
-    });
-    double* out = sums.data_ptr<double>();
-    for (int64_t a = 0; a < tiles; ++a)  // fixed order over tiles
-      for (int k = 0; k < 7; ++k) out[k] += partial[a * 7 + k];
+    add_tiled_pair_sums<scalar_t>(positions.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), n, batch,
+                                  radius, sums.data_ptr<double>());
   });
   return sums;
 }
@@ -590,16 +598,7 @@ std::vector<at::Tensor> spatial_loss_forward_cpu(const at::Tensor& x, const at::
       if (row_sums) st[6] = w, st[7] = w2;
     } else if (mode == kTiles) {
       // 2. the seven pair sums over r tiles within the radius
-      const int64_t tiles = (n + kTile - 1) / kTile;
-      const auto boxes = tile_boxes(p, n);
-      std::vector<double> partial(tiles * 7);
-      run_block_pool(tiles, [&](const auto& take) {
-        Scratch<T> r(kTile * kTile);
-        for (int64_t a = take(); a < tiles; a = take())
-          pair_sums_tile<T>(p, zp, n, batch, boxes, a, radius, r.data, &partial[a * 7]);
-      });
-      for (int64_t a = 0; a < tiles; ++a)
-        for (int k = 0; k < 7; ++k) st[1 + k] += partial[a * 7 + k];
+      add_tiled_pair_sums<T>(p, zp, n, batch, radius, st + 1);
     }
   });
   return {stats, z, factor, wz, s, gram};
