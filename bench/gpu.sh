@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 DEADLINE=$(( $(date +%s) + ${1:-480} ))
 SCRATCH=$(mktemp -d)
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
-STAGES=${STAGES:-tests test_cochleagram test_spatial_loss test_training_step test_brain sweep}
+STAGES=${STAGES:-tests test_cochleagram test_cochleagram_fast test_spatial_loss test_training_step test_brain sweep}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 left() { echo $(( DEADLINE - $(date +%s) )); }
@@ -57,6 +57,8 @@ if want tests; then
   run_for "$OUT/tests.log" "${PYTEST[@]}" tests/test_cochleagram.py tests/test_spatial_loss.py \
     tests/test_spatial_lattice.py -k "cuda or gpu or split"
   tests_rc=$?
+  # the fast mode's Triton kernels have only run under the CPU interpreter: all of them, on the card
+  run_for "$OUT/tests.log" "${PYTEST[@]}" tests/test_cochleagram_fast_triton.py || tests_rc=1
   tail -15 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 fi
 
@@ -69,7 +71,7 @@ fi
 
 log "benchmarks"
 bench_rc=0
-for file in test_cochleagram test_spatial_loss test_spatial_lattice test_training_step test_brain; do
+for file in test_cochleagram test_cochleagram_fast test_spatial_loss test_spatial_lattice test_training_step test_brain; do
   want $file || continue
   run_for "$OUT/bench.log" "${PYTEST[@]}" "bench/$file.py" --benchmark-only --full -s \
     --benchmark-json "$SCRATCH/$file.json" || bench_rc=1

@@ -33,12 +33,13 @@ def cochleagram_call(args):
     import topoaudio.ops as ops
 
     waveform = 0.1 * torch.randn(args.batch, args.length, device=args.device)
-    ops.cochleagram(waveform[:1, :4000], backend=args.backend)  # load kernels, plans, filters
-    ops.cochleagram(waveform[:1], backend=args.backend)
+    kwargs = dict(backend=args.backend, mode=args.cochleagram_mode)
+    ops.cochleagram(waveform[:1, :4000], **kwargs)  # load kernels, plans, filters
+    ops.cochleagram(waveform[:1], **kwargs)
     if args.mode == "forward":
-        return lambda: ops.cochleagram(waveform, backend=args.backend)
+        return lambda: ops.cochleagram(waveform, **kwargs)
     leaf = waveform.requires_grad_(True)
-    return lambda: ops.cochleagram(leaf, backend=args.backend).sum().backward()
+    return lambda: ops.cochleagram(leaf, **kwargs).sum().backward()
 
 
 def spatial_loss_call(args):
@@ -66,6 +67,8 @@ def main():
     parser.add_argument("op", choices=sorted(CALLS))
     parser.add_argument("--backend", required=True)
     parser.add_argument("--mode", choices=("forward", "forward_backward"), required=True)
+    parser.add_argument("--cochleagram_mode", choices=("exact", "fast"), default="exact",
+                        help="cochleagram: the exact op or the fast mode (default oversample)")
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, default=40000)
     parser.add_argument("--device", default="cpu")

@@ -14,6 +14,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
 from topoaudio.kernels import cochleagram as coch  # noqa: E402
+from topoaudio.kernels import cochleagram_fast as fast  # noqa: E402
 from topoaudio.kernels import spatial_loss as spatial  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
@@ -53,8 +54,32 @@ def cochleagram_cases():
            dict(MAX_COVER=12, BLOCK_T=coch._BACKWARD_TILE))
 
 
+def fast_cochleagram_cases(float_type: str):
+    """The fast mode's six kernels in one dtype (the tables are int64)."""
+    ptr, table = f"*{float_type}", {"table_ptr": "*i64"}
+    yield (fast._gather_bands_kernel,
+           {"spec_ptr": ptr, "filt_ptr": ptr, "scale_ptr": ptr, **table, "band_ptr": ptr,
+            "n_rows": "i32", "n_bins_in": "i32"}, dict(BLOCK=fast.BLOCK))
+    yield fast._magnitude_kernel, {"z_ptr": ptr, "env_ptr": ptr, "n": "i64"}, dict(BLOCK=fast.BLOCK)
+    yield (fast._weight_fold_kernel,
+           {"spec_ptr": ptr, "response_ptr": ptr, "inv_size_ptr": ptr, **table, "fold_ptr": ptr,
+            "n_rows": "i32", "n_channels": "i32", "period": "i32", "max_folds": "i32"},
+           dict(BLOCK_P=fast.BLOCK_P, BLOCK_FOLDS=fast.BLOCK_FOLDS))
+    yield (fast._unfold_weight_kernel,
+           {"grad_fold_ptr": ptr, "response_ptr": ptr, "inv_size_ptr": ptr, **table,
+            "grad_spec_ptr": ptr, "n_rows": "i32", "n_channels": "i32", "period": "i32"},
+           dict(BLOCK=fast.BLOCK))
+    yield (fast._magnitude_backward_kernel,
+           {"z_ptr": ptr, "grad_env_ptr": ptr, "grad_z_ptr": ptr, "n": "i64"}, dict(BLOCK=fast.BLOCK))
+    yield (fast._gather_band_gradients_kernel,
+           {"grad_band_ptr": ptr, "filt_ptr": ptr, "scale_ptr": ptr, **table, "cover_ptr": "*i64",
+            "grad_spec_ptr": ptr, "n_rows": "i32", "n_bins_in": "i32"},
+           dict(MAX_COVER=8, BLOCK_BINS=fast.BLOCK_BINS))
+
+
 def main() -> int:
-    cases = [*cochleagram_cases(), *spatial_cases("fp32", "tf32x3"), *spatial_cases("fp64", "ieee64")]
+    cases = [*cochleagram_cases(), *fast_cochleagram_cases("fp32"), *fast_cochleagram_cases("fp64"),
+             *spatial_cases("fp32", "tf32x3"), *spatial_cases("fp64", "ieee64")]
     for kernel, signature, constexprs in cases:
         names = kernel.arg_names
         missing = [name for name in names if name not in signature and name not in constexprs]

@@ -244,21 +244,58 @@ def _backward(ctx, grad_out, grad_envelope):
 torch.library.register_autograd("topoaudio::cochleagram", _backward, setup_context=_setup_context)
 
 
-# The fast mode's registered op (issue 20): the C++ kernels of csrc/cochleagram_fast_cpu.cpp. Its
-# torch backend (any device) is plain PyTorch (cochleagram_fast.cochleagram_fast) under autograd.
+# The fast mode's registered op (issue 20): the C++ kernels of csrc/cochleagram_fast_cpu.cpp (CPU)
+# and the Triton kernels of kernels/cochleagram_fast.py around cuFFT (GPUs). Its torch backend (any
+# device) is plain PyTorch (cochleagram_fast.cochleagram_fast) under autograd.
+
+FAST_KERNEL_BACKENDS = ("cpp", "triton")  # the registered fast op's backends (torch: autograd)
+
+
+def _check_fast_length(length: int, config, backend: str) -> None:
+    if length % config.stride:
+        raise ValueError(f"cochleagram mode='fast' on the {backend} backend needs the stride "
+                         f"({config.stride} samples) to divide the clip length, got {length}; "
+                         "backend='torch' takes any length")
+
 
 def _fast_inputs(waveform, config, oversample):
     """(spectrum, filters, bands, sizes, response, period, max_bin) for the C++ fast kernels."""
     length = waveform.shape[-1]
-    if length % config.stride:
-        raise ValueError(f"cochleagram mode='fast' on the cpp backend needs the stride "
-                         f"({config.stride} samples) to divide the clip length, got {length}; "
-                         "backend='torch' takes any length")
+    _check_fast_length(length, config, "cpp")
     filters = filters_on(config, length, waveform.device, waveform.dtype)[0]
     bands, sizes, response, max_bin = cochleagram_fast.cpp_tables(config, length, oversample,
                                                                    waveform.dtype)
     return (torch.fft.rfft(waveform), filters, bands, sizes, response, length // config.stride,
             max_bin)
+
+
+def _triton_fast_inputs(waveform, config, oversample):
+    """(spectrum, filters, tables) for the Triton fast kernels (kernels/cochleagram_fast.py)."""
+    length = waveform.shape[-1]
+    _check_fast_length(length, config, "triton")
+    filters = filters_on(config, length, waveform.device, waveform.dtype)[0]
+    tables = cochleagram_fast.triton_tables(config, length, oversample, waveform.device,
+                                            waveform.dtype)
+    return torch.fft.rfft(waveform), filters, tables
+
+
+def _triton_fast_forward(waveform, config, oversample) -> torch.Tensor:
+    from topoaudio.kernels import cochleagram_fast as kernels
+    spectrum, filters, t = _triton_fast_inputs(waveform, config, oversample)
+    return kernels.fast_forward(spectrum, filters, t.scale, t.inv_size, t.response, t.table,
+                                t.groups, t.total_band, t.total_spec, t.max_size, t.max_folds,
+                                waveform.shape[-1] // config.stride,
+                                config.n_frames(waveform.shape[-1]))
+
+
+def _triton_fast_backward(grad_envelope, waveform, config, oversample) -> torch.Tensor:
+    from topoaudio.kernels import cochleagram_fast as kernels
+    spectrum, filters, t = _triton_fast_inputs(waveform, config, oversample)
+    grad_spectrum = kernels.fast_backward(grad_envelope, spectrum, filters, t.scale, t.inv_size,
+                                          t.response, t.table, t.cover, t.groups, t.total_band,
+                                          t.total_spec, t.max_size,
+                                          waveform.shape[-1] // config.stride)
+    return _rfft_adjoint(grad_spectrum, waveform.shape[-1])
 
 
 @torch.library.custom_op("topoaudio::cochleagram_fast", mutates_args=())
@@ -268,11 +305,16 @@ def _cochleagram_fast_op(waveform: torch.Tensor, sr: int, n: int, low_lim: float
                          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """waveform [rows, T] -> (approximate cochleagram, downsampled envelope), each [rows, C, frames]."""
     check_samples(waveform)
-    if backend != "cpp":
-        raise ValueError(f"topoaudio::cochleagram_fast runs the cpp backend, got {backend!r}")
+    if backend not in FAST_KERNEL_BACKENDS:
+        raise ValueError(f"topoaudio::cochleagram_fast runs one of {FAST_KERNEL_BACKENDS}, got "
+                         f"{backend!r}")
     dispatch.choose(FAST_OP_NAME, waveform.device, backend)
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, compress,
                         power, offset, clip_value)
+    if backend == "triton":
+        envelope = _triton_fast_forward(waveform, config, oversample)
+        out = (envelope.clamp_min(0) + offset).pow(power) if compress else envelope.clone()
+        return out, envelope
     spectrum, filters, bands, sizes, response, period, max_bin = _fast_inputs(waveform, config,
                                                                                oversample)
     out, envelope = dispatch.extension().cochleagram_fast_forward_cpu(
@@ -297,6 +339,8 @@ def _cochleagram_fast_backward_op(grad_envelope: torch.Tensor, waveform: torch.T
                                   backend: str) -> torch.Tensor:
     config = _config_of(sr, n, low_lim, high_lim, sample_factor, env_sr, window_size, False, 0.3,
                         1e-8, 5.0)
+    if backend == "triton":
+        return _triton_fast_backward(grad_envelope, waveform, config, oversample)
     spectrum, filters, bands, sizes, response, period, max_bin = _fast_inputs(waveform, config,
                                                                                oversample)
     grad_spectrum = dispatch.extension().cochleagram_fast_backward_cpu(
@@ -523,9 +567,9 @@ def _run_fast(waveform: torch.Tensor, config: CochleagramConfig, backend: str | 
               oversample: float) -> torch.Tensor:
     name = dispatch.choose(FAST_OP_NAME, waveform.device, backend)  # cpp or torch, once per call
     length = waveform.shape[-1]
-    if name == "cpp" and length % config.stride and backend_name(backend) == "auto":
-        # the C++ kernels fold the envelope's bins into T / stride frames; other lengths take
-        # the torch backend's dense frame matrix (last_backend says so)
+    if name in FAST_KERNEL_BACKENDS and length % config.stride and backend_name(backend) == "auto":
+        # the C++ and Triton kernels fold the envelope's bins into T / stride frames; other
+        # lengths take the torch backend's dense frame matrix (last_backend says so)
         name = "torch"
     dispatch.record(OP_NAME, f"{name}+fast")
     if name == "torch":

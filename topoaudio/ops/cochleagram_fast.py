@@ -220,6 +220,72 @@ def cpp_tables(config: CochleagramConfig, length: int, oversample: float, dtype:
 _CPP_TABLES: dict = {}
 
 
+@dataclass(frozen=True)
+class TritonTables:
+    """What the Triton fast kernels (kernels/cochleagram_fast.py) take beside the spectrum and the
+    filters, from the same plan: the channel table (its columns are described there), the packed
+    buffers' groups and sizes, per-channel scales, the window's response and, per spectrum bin,
+    the channels whose band holds it (for the deterministic gradient gather)."""
+    table: torch.Tensor      # int64 [C, 10]
+    scale: torch.Tensor      # real [C]: M_k / T (the baseband filter scale)
+    inv_size: torch.Tensor   # real [C]: 1 / M_k
+    response: torch.Tensor   # complex [max n_bins]: Hw[m]
+    cover: torch.Tensor      # int64 [bins, max cover]: channels holding each bin, -1 padded
+    groups: tuple            # (n channels, M, subband offset, half-spectrum offset) per group
+    total_band: int          # sum_k M_k
+    total_spec: int          # sum_k (M_k // 2 + 1)
+    max_size: int
+    max_folds: int           # ceil(max n_bins / P)
+
+
+def triton_tables(config: CochleagramConfig, length: int, oversample: float, device,
+                  dtype: torch.dtype) -> TritonTables:
+    """The cached TritonTables for one (config, length, oversample, device, dtype); the length
+    must be a multiple of the stride (the fold onto P = T / D frame bins)."""
+    key = (config, length, oversample, torch.device(device), dtype)
+    if key not in _TRITON_TABLES:
+        groups, _, period, *_ = _plan_arrays(config, length, oversample, None)
+        if not period:
+            raise ValueError(f"the fast Triton kernels need the stride ({config.stride} samples) "
+                             f"to divide the clip length, got {length}")
+        filters = erb_cosine_filters(config, length)
+        lo, width = _band_lo_width(filters)
+        table = np.zeros((len(lo), 10), dtype=np.int64)
+        packed, band_offset, spec_offset = [], 0, 0
+        for channels, _, _, size, n_bins, _, _ in groups:
+            n = len(channels)
+            local = np.arange(n)
+            table[channels] = np.stack([
+                lo[channels], width[channels], np.full(n, size),
+                np.full(n, band_offset), np.full(n, n * size), local * size,
+                np.full(n, spec_offset), np.full(n, n * (size // 2 + 1)), local * (size // 2 + 1),
+                np.full(n, n_bins)], axis=1)
+            packed.append((n, int(size), band_offset, spec_offset))
+            band_offset += n * size
+            spec_offset += n * (size // 2 + 1)
+        holders = [np.flatnonzero((lo <= b) & (b < lo + width)) for b in range(filters.shape[1])]
+        cover = np.full((filters.shape[1], max(len(h) for h in holders)), -1, dtype=np.int64)
+        for b, h in enumerate(holders):
+            cover[b, :len(h)] = h
+        max_bins = int(table[:, 9].max())
+        response = np.conj(np.fft.rfft(sinc_kaiser_taps(config), n=length))[:max_bins]
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        sizes = table[:, 2].astype(np.float64)
+        if len(_TRITON_TABLES) > 32:
+            _TRITON_TABLES.clear()
+        _TRITON_TABLES[key] = TritonTables(
+            torch.as_tensor(table, device=device), torch.as_tensor(sizes / length, dtype=dtype,
+                                                                    device=device),
+            torch.as_tensor(1.0 / sizes, dtype=dtype, device=device),
+            torch.as_tensor(response, dtype=complex_dtype, device=device),
+            torch.as_tensor(cover, device=device), tuple(packed), band_offset, spec_offset,
+            int(table[:, 2].max()), -(-max_bins // period))
+    return _TRITON_TABLES[key]
+
+
+_TRITON_TABLES: dict = {}
+
+
 def cochleagram_fast(waveform: torch.Tensor, *, oversample: float = 4.0,
                      max_env_hz: float | None = None, sr: int = 20000, n: int = 50,
                      low_lim: float = 50.0, high_lim: float = 10000.0, sample_factor: int = 4,

@@ -32,16 +32,20 @@ _PREFERENCE = {
 }
 # Where an op's measurements (bench/RESULTS.md, H200) rank its GPU backends otherwise: the Triton
 # spatial-loss kernels (tensor cores, 3xTF32) beat the CUDA C++ FMA tiles in every case measured.
+# The fast cochleagram's Triton kernels (issue 20) have run under the CPU interpreter and compiled
+# for sm_90, never on a GPU: auto keeps the torch backend (cuFFT, measured) first on CUDA until
+# bench/gpu.sh has timed both on a card; backend="triton" runs them.
 _OP_PREFERENCE = {
     ("spatial_loss", "cuda"): ("triton", "cuda", "torch", "reference"),
+    ("cochleagram_fast", "cuda"): ("torch", "triton"),
 }
 # Ops that only some backends implement, and why the others cannot run them. The fast cochleagram
-# (issue 20) is C++ on the CPU and batched torch.fft elsewhere (cuFFT on GPUs); it has no CUDA C++
-# or Triton kernel, and its reference is the exact definition, which is another mode.
+# (issue 20) is C++ on the CPU, Triton around cuFFT on GPUs, and batched torch.fft anywhere; it has
+# no CUDA C++ kernel, and its reference is the exact definition, which is another mode.
 _OP_BACKENDS = {
-    "cochleagram_fast": (("cpp", "torch"),
-                         "mode='fast' runs on the cpp backend (CPU) or the torch backend (any "
-                         "device, batched torch.fft: cuFFT on GPUs)"),
+    "cochleagram_fast": (("cpp", "torch", "triton"),
+                         "mode='fast' runs on the cpp backend (CPU), the triton backend (GPUs) or "
+                         "the torch backend (any device, batched torch.fft: cuFFT on GPUs)"),
 }
 
 _state = threading.local()
