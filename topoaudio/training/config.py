@@ -363,7 +363,7 @@ def command_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         usage=f"{launcher} [--config FILE.json] [--resume] [--key value ...]",
         description="Train a topographic auditory model. With no arguments: cochcnn with the "
                     "whole-sheet spatial loss on the synthesised speech and music scenes, four tasks "
-                    "(two CPU cores, under 15 minutes); checkpoint and metrics under runs/. Presets: "
+                    "(about 18 minutes on two CPU cores); checkpoint and metrics under runs/. Presets: "
                     "configs/*.json.",
         epilog="Every setting is also a key of the --config JSON file. Lists are comma-separated "
                "(--topo_layers block2,block3). Booleans: true/false, yes/no, 1/0.")
