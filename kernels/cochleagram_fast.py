@@ -71,20 +71,36 @@ def _magnitude_kernel(z_ptr, env_ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _envelope_spectrum_channel(table_ptr, inv_size_ptr, n_rows):
+    """This program's channel k and row, and from the table: M_k, where the row's half spectrum
+    starts in its packed buffer, n_bins_k and 1 / M_k (both spectrum kernels start here)."""
+    k = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    t = table_ptr + k * 10
+    start = n_rows * tl.load(t + 6) + row * tl.load(t + 7) + tl.load(t + 8)
+    return k, row, tl.load(t + 2), start, tl.load(t + 9), tl.load(inv_size_ptr + k)
+
+
+@triton.jit
+def _window_weight(response_ptr, m, size, inv_size, mask):
+    """c_m Hw[m] / M as (re, im): the weight of envelope bin m (c_m = 2, but 1 at m = 0 and at an
+    even M's Nyquist bin: the envelope is real)."""
+    h_re = tl.load(response_ptr + 2 * m, mask=mask, other=0.0)
+    h_im = tl.load(response_ptr + 2 * m + 1, mask=mask, other=0.0)
+    c = tl.where((m == 0) | (2 * m == size), 1.0, 2.0) * inv_size
+    return c * h_re, c * h_im
+
+
+@triton.jit
 def _weight_fold_kernel(spec_ptr, response_ptr, inv_size_ptr, table_ptr, fold_ptr, n_rows,
                         n_channels, period, max_folds, BLOCK_P: tl.constexpr,
                         BLOCK_FOLDS: tl.constexpr):
     """folded[row, k, p] = sum over m = p, p + P, ... < n_bins_k of E_k[m] c_m Hw[m] / M_k: the
-    envelope's spectrum times the window's response, folded onto the P frame bins (c_m = 2 but 1
-    at m = 0 and at an even M's Nyquist bin: the envelope is real). A step takes BLOCK_FOLDS folds
+    envelope's spectrum times the window's response (_window_weight), folded onto the P frame
+    bins. A step takes BLOCK_FOLDS folds
     [BLOCK_FOLDS, BLOCK_P] at once and sums them."""
-    k = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    t = table_ptr + k * 10
-    size = tl.load(t + 2)
-    start = n_rows * tl.load(t + 6) + row * tl.load(t + 7) + tl.load(t + 8)
-    n_bins = tl.load(t + 9)
-    inv_size = tl.load(inv_size_ptr + k)
+    k, row, size, start, n_bins, inv_size = _envelope_spectrum_channel(table_ptr, inv_size_ptr,
+                                                                        n_rows)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     acc_re = tl.zeros([BLOCK_P], dtype=inv_size_ptr.dtype.element_ty)
     acc_im = tl.zeros([BLOCK_P], dtype=inv_size_ptr.dtype.element_ty)
@@ -93,11 +109,9 @@ def _weight_fold_kernel(spec_ptr, response_ptr, inv_size_ptr, table_ptr, fold_pt
         ok = (p[None, :] < period) & (m < n_bins)
         s_re = tl.load(spec_ptr + (start + m) * 2, mask=ok, other=0.0)
         s_im = tl.load(spec_ptr + (start + m) * 2 + 1, mask=ok, other=0.0)
-        h_re = tl.load(response_ptr + 2 * m, mask=ok, other=0.0)
-        h_im = tl.load(response_ptr + 2 * m + 1, mask=ok, other=0.0)
-        c = tl.where((m == 0) | (2 * m == size), 1.0, 2.0) * inv_size
-        acc_re += tl.sum(c * (s_re * h_re - s_im * h_im), axis=0)
-        acc_im += tl.sum(c * (s_re * h_im + s_im * h_re), axis=0)
+        w_re, w_im = _window_weight(response_ptr, m, size, inv_size, ok)
+        acc_re += tl.sum(s_re * w_re - s_im * w_im, axis=0)
+        acc_im += tl.sum(s_re * w_im + s_im * w_re, axis=0)
     out = fold_ptr + ((row * n_channels + k) * period + p) * 2
     tl.store(out, acc_re, mask=p < period)
     tl.store(out + 1, acc_im, mask=p < period)
@@ -108,25 +122,18 @@ def _unfold_weight_kernel(grad_fold_ptr, response_ptr, inv_size_ptr, table_ptr, 
                           n_rows, n_channels, period, BLOCK: tl.constexpr):
     """The adjoint of _weight_fold: grad E_k[m] = grad folded[m mod P] conj(c_m Hw[m] / M_k) for
     m < n_bins_k, 0 for the rest of the half spectrum."""
-    k = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    t = table_ptr + k * 10
-    size = tl.load(t + 2)
-    start = n_rows * tl.load(t + 6) + row * tl.load(t + 7) + tl.load(t + 8)
-    n_bins = tl.load(t + 9)
-    inv_size = tl.load(inv_size_ptr + k)
+    k, row, size, start, n_bins, inv_size = _envelope_spectrum_channel(table_ptr, inv_size_ptr,
+                                                                        n_rows)
     m = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     used = m < n_bins
     src = grad_fold_ptr + ((row * n_channels + k) * period + m % period) * 2
     g_re = tl.load(src, mask=used, other=0.0)
     g_im = tl.load(src + 1, mask=used, other=0.0)
-    h_re = tl.load(response_ptr + 2 * m, mask=used, other=0.0)
-    h_im = tl.load(response_ptr + 2 * m + 1, mask=used, other=0.0)
-    c = tl.where((m == 0) | (2 * m == size), 1.0, 2.0) * inv_size
+    w_re, w_im = _window_weight(response_ptr, m, size, inv_size, used)
     out = grad_spec_ptr + (start + m) * 2
     half = m < size // 2 + 1
-    tl.store(out, c * (g_re * h_re + g_im * h_im), mask=half)
-    tl.store(out + 1, c * (g_im * h_re - g_re * h_im), mask=half)
+    tl.store(out, g_re * w_re + g_im * w_im, mask=half)
+    tl.store(out + 1, g_im * w_re - g_re * w_im, mask=half)
 
 
 @triton.jit
