@@ -90,3 +90,14 @@ def test_a_length_the_stride_does_not_divide_is_refused_by_name():
 def test_auto_on_cpu_never_picks_triton():
     ops.cochleagram(0.1 * torch.randn(1, 800), mode="fast", **SMALL)
     assert ops.last_backend("cochleagram") == "cpp+fast"
+
+
+def test_torch_compile_fullgraph_with_the_triton_backend():
+    module = ops.Cochleagram(mode="fast", backend="triton", **SMALL)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    waveform = (0.1 * torch.randn(2, 400, device=DEVICE)).requires_grad_(True)
+    out = compiled(waveform)
+    torch.testing.assert_close(out, module(waveform))
+    (grad,) = torch.autograd.grad(out.sum(), waveform)
+    (grad_eager,) = torch.autograd.grad(module(waveform).sum(), waveform)
+    torch.testing.assert_close(grad, grad_eager)

@@ -48,6 +48,10 @@ _OP_BACKENDS = {
                          "the torch backend (any device, batched torch.fft: cuFFT on GPUs)"),
 }
 
+# Looked up once at import (finding it does not import it): torch.compile cannot trace find_spec,
+# and an op that names backend="triton" asks on every call.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
 _state = threading.local()
 _last: dict[str, str] = {}
 _warned: set[tuple[str, str]] = set()  # (op, device type) pairs already told about a fallback
@@ -88,7 +92,7 @@ def _unavailable_reason(backend: str, device: torch.device, op: str | None = Non
             return _extension_error
         return None if ext.with_cuda else "topoaudio._C was built without CUDA (no nvcc at build time)"
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _TRITON_INSTALLED:
             return "triton is not installed"
         if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
             return None
