@@ -362,3 +362,24 @@ def test_a_run_without_sheets_can_be_laid_on_another_kind_and_a_spatial_run_cann
         checkpoint.load_trained(spatial_path, clip_samples=10000, sheet="channels")
     kept = checkpoint.load_trained(spatial_path, clip_samples=10000, sheet="channel_freq")[2]
     assert kept["sheet"] == "channel_freq"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_layer_gives_a_nan_term_for_that_layer_only(bad):
+    """The spatial term checks each layer's responses: one bad activation in block3 makes block3's
+    term NaN (so the loop's all-reduced loss check stops every rank, naming it); block2 stays finite."""
+    from topoaudio.models import build_model
+    from topoaudio.training.topography import TopographicLosses
+
+    config = TrainConfig(clip_seconds=0.4, topo_layers=["block2", "block3"])
+    term = TopographicLosses(config, build_model("cochcnn", n_classes=4), torch.device("cpu"),
+                             clip_samples=8000)
+    generator = torch.Generator().manual_seed(0)
+    features = {"block2": torch.randn(6, 48, 27, 7, generator=generator),
+                "block3": torch.randn(6, 96, 13, 3, generator=generator)}
+    features["block3"][2, 5, 7, 1] = bad
+    total, terms = term(features, step=0)
+    assert torch.isnan(terms["block3"]) and torch.isfinite(terms["block2"]) and torch.isnan(total)
+    features["block3"][2, 5, 7, 1] = 0.0
+    total, terms = term(features, step=0)
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
