@@ -200,3 +200,43 @@ def test_a_two_process_ddp_run(tmp_path):
     assert len(steps) == 2 and all(record["topo"]["block2.mlp"] > 0 for record in steps)
     model, sheets, _ = checkpoint.load_trained(str(out / "checkpoint.pt"), clip_samples=CLIP)
     assert isinstance(model, AST) and sheets["block2.mlp"].n_units == HIDDEN
+
+
+def test_max_pooling_reads_each_features_maximum_over_tokens_and_is_saved():
+    torch.manual_seed(0)
+    mean_model, max_model = small(pooling="mean").eval(), small(pooling="max").eval()
+    max_model.load_state_dict({**mean_model.state_dict(), "max_pooling": torch.tensor(True)})
+    assert max_model.pooling == "max"
+    captured = {}
+    max_model.norm.register_forward_hook(lambda module, args, out: captured.update(tokens=out))
+    waveform = 0.1 * torch.randn(2, CLIP)
+    with torch.no_grad():
+        logits = max_model(waveform)
+        expected = max_model.head(captured["tokens"].amax(dim=1))
+        assert torch.equal(logits, expected) and not torch.allclose(logits, mean_model(waveform))
+    # the pooling travels in the state dict; a state dict from before the option reads the mean
+    fresh = small()
+    fresh.load_state_dict(max_model.state_dict())
+    assert fresh.pooling == "max"
+    old = {key: value for key, value in max_model.state_dict().items() if key != "max_pooling"}
+    fresh.load_state_dict(old)
+    assert fresh.pooling == "mean"
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        small(pooling="median")
+
+
+def test_the_pooling_setting_trains_and_comes_back_from_the_checkpoint(tmp_path):
+    from topoaudio import checkpoint
+    from topoaudio.training import train
+
+    config = TrainConfig(model="ast", pooling="max", dataset="procedural", num_workers=0,
+                         clip_seconds=0.5, train_size=8, val_size=4, batch_size=4, steps=1,
+                         warmup_steps=1, topo="none", log_every=1, eval_every=1000,
+                         checkpoint_every=1000, out=str(tmp_path / "run"))
+    train(config)
+    model, _, saved = checkpoint.load_trained(str(tmp_path / "run" / "checkpoint.pt"), clip_samples=CLIP)
+    assert model.pooling == "max" and saved["pooling"] == "max"
+    with pytest.raises(ValueError, match="pooling='mean': cochresnet50 has no pooling choice"):
+        TrainConfig(model="cochresnet50", pooling="mean")
+    with pytest.raises(ValueError, match="pooling"):
+        TrainConfig(pooling="median")

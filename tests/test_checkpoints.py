@@ -275,7 +275,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_with_one_line(tmp_path, monke
                                  f"the previous checkpoint {path} is kept")
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
-    assert sorted(os.listdir(config.out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(config.out)) == ["checkpoint.pt", "config.json", "environment.jsonl",
+                                              "metrics.jsonl"]
 
 
 # --- what the command line shows ---------------------------------------------------------------------

@@ -145,6 +145,7 @@ def test_evaluate_writes_maps_metrics_and_a_report(checkpoints, natsound165_dir,
                                    + [arg for path in checkpoints for arg in ("--checkpoint", path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["runs"]) == 4
+    assert metrics["environment"]["torch"] == torch.__version__ and "commit" in metrics["environment"]
     layer = metrics["runs"][0]["layers"]["block2"]
     assert layer["n_units"] == 48 * 27
     assert set(layer["component_r2"]) == {"lowfreq", "highfreq", "envsounds", "pitch", "speech", "music"}

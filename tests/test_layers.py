@@ -26,6 +26,8 @@ LAYERS = (
     ("data", ("topoaudio.data",)),
     ("ops", ("topoaudio.ops",)),
     ("kernels / _C", ("topoaudio.kernels", "topoaudio._C")),
+    # the record of commit, versions, machine and threads that runs, evaluations and readouts write
+    ("environment", ("topoaudio.environment",)),
     # argparse helpers for every command: no topoaudio imports, no torch
     ("command line", ("topoaudio.commandline",)),
     # the package's __init__ runs before any of its modules, so it may import none of them

@@ -127,7 +127,9 @@ def test_esc50_folds_planted_tones_near_100_percent(checkpoint, tmp_path):
     assert label["accuracy"] >= 0.9, label
     assert set(label["folds"]) == {"1", "2", "3", "4", "5"}
     assert all(fold["n_train"] == 24 and fold["n_test"] == 6 for fold in label["folds"].values())
-    assert json.loads(out.read_text())["results"]["label"]["accuracy"] == label["accuracy"]
+    written = json.loads(out.read_text())
+    assert written["results"]["label"]["accuracy"] == label["accuracy"]
+    assert written["environment"]["torch_threads"] == torch.get_num_threads()
     assert result["layer"] == "block3" and result["n_features"] == 96
 
 

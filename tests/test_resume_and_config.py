@@ -170,6 +170,14 @@ def test_two_runs_on_one_out_one_owns_it_and_the_lock_ends_with_the_run(tmp_path
     monkeypatch.undo()
     main(["--resume", "--out", out, "--steps", "3"])  # the lock ended with the run
     assert logged_steps(out) == [1, 2, 3] and "run.lock" not in os.listdir(out)
+    # one environment record per start: where, at what commit and with how many threads each ran
+    with open(os.path.join(out, "environment.jsonl")) as handle:
+        starts = [json.loads(line) for line in handle]
+    assert [start["start_step"] for start in starts] == [0, 2]
+    for start in starts:
+        assert start["torch_threads"] == torch.get_num_threads() and start["cpus"] == os.cpu_count()
+        assert start["torch"] == torch.__version__ and start["world_size"] == 1
+        assert start["commit"] is None or len(start["commit"].split("+")[0]) == 40
 
 
 def test_a_killed_runs_lock_is_released_and_a_failed_start_leaves_nothing(tmp_path, monkeypatch):

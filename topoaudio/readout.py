@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from topoaudio.commandline import OneLineParser
+from topoaudio.environment import environment
 
 PROG = "topoaudio readout"
 DATASETS = ("esc50", "nsynth", "speech_commands", "scenes")
@@ -246,7 +247,8 @@ def run(checkpoint_path: str, dataset: str, data_root: str = "", layer: str | No
                                     seed=args.seed)
     return {"checkpoint": checkpoint_path, "dataset": dataset, "layer": layer,
             "pooling": "mean over frequency and time", "classifier": "ridge (one-vs-all +-1, CV penalty)",
-            "n_features": int(next(iter(features.values())).x.shape[1]), "results": results}
+            "n_features": int(next(iter(features.values())).x.shape[1]), "results": results,
+            "environment": environment()}
 
 
 # --- command line ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from topoaudio.analysis.tuning import best_frequency, best_rate, selectivity
 from topoaudio.brain.stats import ACCURACY_MARGIN, R2_MARGIN, holm, tost
 from topoaudio.checkpoint import load_trained
 from topoaudio.data.natsound165 import MUSIC, SPEECH, NatSound165, load_natsound165
+from topoaudio.environment import environment
 from topoaudio.models import tapped
 from topoaudio.models.frontend import CochlearFrontend
 
@@ -745,7 +746,8 @@ def measure_subjects(subjects: list[Subject], natsound: NatSound165, out_dir, de
         summary = summarise(runs)
         baselines = {"cochleagram": cochleagram_baseline(natsound)}
         (stage / "metrics.json").write_text(json.dumps({"runs": runs, "summary": summary,
-                                                        "baselines": baselines}, indent=2))
+                                                        "baselines": baselines,
+                                                        "environment": environment()}, indent=2))
         write_report(stage, runs, summary, baselines)
         _move_into(stage, out, last=("metrics.json", "report.md"))
     finally:

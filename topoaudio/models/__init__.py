@@ -10,24 +10,33 @@ from .taps import tap_shapes, tapped
 MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50, "ast": AST, "ast_base": ASTBase}
 
 
+# Models whose heads can read the maximum or the mean over frequency and time (tokens): `pooling`.
+POOLING_MODELS = ("cochcnn", "ast", "ast_base")
+
+
 def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] | None = None,
-                frontend: str = "exact", oversample: float | None = None):
+                frontend: str = "exact", oversample: float | None = None, pooling: str | None = None):
     """A model by name with one classification head of n_classes (its forward returns logits
     [B, n_classes]) or one head per task of `tasks` {task: n_classes} (its forward returns
     {task: logits [B, n]}). frontend: the cochleagram's mode, "exact" or "fast" (with
     `oversample`, docs/SCIENCE.md 2b); the front end holds no weights, so checkpoints do not
-    depend on it and a model can be measured through either."""
+    depend on it and a model can be measured through either. pooling: "max" or "mean" for the
+    models of POOLING_MODELS (None: the model's own, cochcnn max and the ASTs mean); the model
+    records it in its state dict."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if (n_classes is None) == (tasks is None):
         raise ValueError("build_model needs n_classes (one head) or tasks (one head per task), "
                          f"exactly one of them; got n_classes={n_classes!r}, tasks={tasks!r}")
-    model = MODELS[name](n_classes if tasks is None else tasks)
+    if pooling is not None and name not in POOLING_MODELS:
+        raise ValueError(f"pooling={pooling!r}: {name} has no pooling choice; only "
+                         f"{', '.join(POOLING_MODELS)} have")
+    options = {} if pooling is None else {"pooling": pooling}
+    model = MODELS[name](n_classes if tasks is None else tasks, **options)
     if frontend != "exact" or oversample is not None:
         model.frontend = CochlearFrontend(mode=frontend, oversample=oversample)
     return model
 
 
-__all__ = ["AST", "ASTBase", "MODELS", "CochCNN", "CochResNet50", "build_model", "frontend_of",
-           "tap_shapes", "tapped",
-           "task_sizes"]
+__all__ = ["AST", "ASTBase", "MODELS", "POOLING_MODELS", "CochCNN", "CochResNet50", "build_model",
+           "frontend_of", "tap_shapes", "tapped", "task_sizes"]

@@ -3,7 +3,7 @@
 waveform -> CochlearFrontend [B, 1, 211, frames], standardised -> overlapping (frequency, time)
 patches by one Conv2d -> tokens + a learned 2D position code -> pre-norm transformer blocks
 (torch.nn.functional.scaled_dot_product_attention, so PyTorch's fused attention kernels run on
-GPUs) -> final LayerNorm -> mean over tokens -> one linear head per task.
+GPUs) -> final LayerNorm -> mean (or, with pooling="max", maximum) over tokens -> one linear head per task.
 
 Why mean-pooled tokens and no [CLS] token: every token is then a patch of the (frequency, time)
 grid, so a block's MLP hidden units form a feature map [B, hidden, F_patches, T_patches] exactly
@@ -25,6 +25,7 @@ from .frontend import CochlearFrontend
 from .heads import apply_heads, build_heads, task_sizes
 
 SAMPLE_RATE = 20000  # the cochleagram's default sr
+POOLINGS = ("mean", "max")
 # Fixed input standardisation, as AST standardises its filterbank by dataset statistics: the
 # cochleagram's mean and std over 12 one-second speech_music_scenes clips. Without it (values ~0.13
 # +- 0.07) AdamW at 3e-4 left the category loss at chance on a fixed batch for 25 steps; with it the
@@ -99,9 +100,16 @@ class AST(nn.Module):
 
     def __init__(self, heads: int | dict[str, int], *, depth: int = 4, width: int = 128,
                  n_heads: int = 4, mlp_ratio: int = 4, patch=(20, 20), stride=(16, 16),
-                 max_seconds: float = 2.0):
+                 max_seconds: float = 2.0, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.tasks = task_sizes(heads)  # None: one head
+        # What the heads read: the mean over tokens (AST's, the default) or each feature's maximum
+        # (cochcnn's since issue 11: a word fills ~0.4 s of a 2 s clip, and the mean dilutes it).
+        # A buffer, so the checkpoint records it; _load_from_state_dict reads it back.
+        self.pooling = pooling
+        self.register_buffer("max_pooling", torch.tensor(pooling == "max"))
         depth, width = _positive_int("depth", depth), _positive_int("width", width)
         n_heads, mlp_ratio = _positive_int("n_heads", n_heads), _positive_int("mlp_ratio", mlp_ratio)
         if width % n_heads:
@@ -156,8 +164,17 @@ class AST(nn.Module):
         x = (tokens + self.position[..., :grid[1]]).flatten(2).transpose(1, 2)  # [B, L, width]
         for name in self._block_names():
             x = getattr(self, name)(x, grid)
-        pooled = self.norm(x).mean(dim=1)
+        x = self.norm(x)
+        pooled = x.amax(dim=1) if self.pooling == "max" else x.mean(dim=1)
         return apply_heads(self.head if self.tasks is None else self.heads, pooled)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the pooling option hold no flag: their heads read the mean.
+        key = prefix + "max_pooling"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(False)
+        self.pooling = "max" if bool(state_dict[key]) else "mean"
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ASTBase(AST):
@@ -166,6 +183,6 @@ class ASTBase(AST):
 
     tap_names = tuple(f"block{i}.mlp" for i in range(1, 13))
 
-    def __init__(self, heads: int | dict[str, int]):
+    def __init__(self, heads: int | dict[str, int], pooling: str = "mean"):
         super().__init__(heads, depth=12, width=768, n_heads=12, mlp_ratio=4, patch=(16, 16),
-                         stride=(10, 10))
+                         stride=(10, 10), pooling=pooling)

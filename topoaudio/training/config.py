@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from topoaudio.commandline import DefaultsFormatter
-from topoaudio.models import MODELS
+from topoaudio.models import MODELS, POOLING_MODELS
 from topoaudio.ops.spatial_common import KINDS as SPATIAL_KINDS
 from topoaudio.sheet import KINDS as SHEET_KINDS
 from topoaudio.topoloss import SCHEDULE_KINDS
@@ -35,6 +35,9 @@ class TrainConfig:
 
     # model and data
     model: str = "cochcnn"
+    # what the heads read over frequency and time (tokens): "" = the model's own (cochcnn max, the
+    # ASTs mean), or max | mean for cochcnn and the ASTs
+    pooling: str = ""
     dataset: str = "speech_music_scenes"  # multi-task: word, speaker, instrument, category
     #                 | procedural | speech_commands | esc50 | nsynth | word_speaker_noise
     data_root: str = ""
@@ -108,6 +111,9 @@ class TrainConfig:
 
     def _check_together(self) -> None:
         """Rules that join two settings."""
+        if self.pooling and self.model not in POOLING_MODELS:
+            raise ValueError(f"pooling={self.pooling!r}: {self.model} has no pooling choice; only "
+                             f"{', '.join(POOLING_MODELS)} have (leave pooling empty)")
         if self.topo != "none":
             if not self.topo_layers:
                 raise ValueError(f"topo={self.topo!r} needs at least one of topo_layers (taps of "
@@ -166,6 +172,7 @@ def zero_or_at_least(low) -> Callable[[object], str]:
 
 RULES: dict[str, Rule] = {
     "model": Rule(str, one_of(*MODELS)),
+    "pooling": Rule(str, one_of("", "max", "mean")),
     "dataset": Rule(str, one_of(*DATASETS)),
     "data_root": Rule(str),
     "noise_root": Rule(str),
@@ -224,6 +231,8 @@ assert set(RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every s
 # the groups of TrainConfig, in its order.
 HELP: dict[str, str] = {
     "model": "the network",
+    "pooling": "what the heads read: max | mean over frequency and time (tokens); empty: the model's "
+               "own (cochcnn max, ast mean)",
     "dataset": "what it learns from (speech_music_scenes and procedural need no files)",
     "data_root": "the dataset's directory (file datasets)",
     "noise_root": "background noise directory (word_speaker_noise)",
@@ -284,7 +293,8 @@ ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voi
                   "scene_instrument": "family", "factor_h": 0.0, "factor_w": 0.0,
                   # runs saved before TDANN's windows existed sampled the k nearest units
                   "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,
-                  "neighbourhoods_per_step": 1}
+                  "neighbourhoods_per_step": 1,
+                  "pooling": ""}  # runs before the setting: the model's own pooling
 
 
 def _typed(kind: type, value):

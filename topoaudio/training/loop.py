@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from topoaudio import checkpoint
+from topoaudio.environment import environment
 from topoaudio.models import build_model, frontend_of, tapped
 
 from . import run_dir
@@ -257,8 +258,8 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
     if resume:
         checkpoint.check_tasks(state, objective.tasks, ckpt_path)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **objective.model_heads(),
-                        **frontend_of(config.to_dict())).to(device, memory_format=MEMORY_FORMAT)
+    model = build_model(config.model, **objective.model_heads(), **frontend_of(config.to_dict()),
+                        pooling=config.pooling or None).to(device, memory_format=MEMORY_FORMAT)
     topo = TopographicLosses(config, model, device, clip_samples=train_set[0][0].numel())
     optimizer = (torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if config.optimizer == "adamw" else
@@ -278,6 +279,8 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         os.makedirs(config.out, exist_ok=True)
         run_dir.write_json_atomic(os.path.join(config.out, run_dir.CONFIG_NAME), config.to_dict())
         run_dir.keep_metrics_up_to(os.path.join(config.out, run_dir.METRICS_NAME), start_step)
+        with open(os.path.join(config.out, run_dir.ENVIRONMENT_NAME), "a") as handle:
+            handle.write(json.dumps({**environment(), "start_step": start_step, "world_size": world}) + "\n")
     autocast = _autocast(config, device)
     metrics_path = os.path.join(config.out, "metrics.jsonl")
     progress = tqdm(total=config.steps, initial=start_step, disable=rank != 0, desc="train",

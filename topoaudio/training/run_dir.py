@@ -17,6 +17,8 @@ from .config import TrainConfig, check_keys
 RUNS_ROOT = "runs"
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
+# One line per start of the run (the first, then each resume): topoaudio.environment's record.
+ENVIRONMENT_NAME = "environment.jsonl"
 # Held (fcntl.flock) by the run that owns the directory, for the run's lifetime; it holds the
 # owner's pid. The OS releases the lock of a killed run, so a stale file never blocks a resume.
 LOCK_NAME = "run.lock"
