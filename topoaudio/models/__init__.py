@@ -4,14 +4,22 @@ from .ast import AST, ASTBase
 from .cochcnn import CochCNN
 from .cochresnet50 import CochResNet50
 from .frontend import CochlearFrontend, frontend_of
-from .heads import task_sizes
+from .heads import POOLINGS, PooledHeads, task_sizes
 from .taps import tap_shapes, tapped
 
 MODELS = {"cochcnn": CochCNN, "cochresnet50": CochResNet50, "ast": AST, "ast_base": ASTBase}
 
 
 # Models whose heads can read the maximum or the mean over frequency and time (tokens): `pooling`.
-POOLING_MODELS = ("cochcnn", "ast", "ast_base")
+POOLING_MODELS = tuple(name for name, model in MODELS.items() if issubclass(model, PooledHeads))
+
+
+def check_pooling(name: str, pooling: str | None) -> None:
+    """One line naming the problem when `pooling` is given for a model without the choice (None:
+    the model's own pooling, always allowed). Training's settings check calls it before any work."""
+    if pooling is not None and name not in POOLING_MODELS:
+        raise ValueError(f"pooling={pooling!r}: {name} has no pooling choice; only "
+                         f"{', '.join(POOLING_MODELS)} have")
 
 
 def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] | None = None,
@@ -28,9 +36,7 @@ def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] |
     if (n_classes is None) == (tasks is None):
         raise ValueError("build_model needs n_classes (one head) or tasks (one head per task), "
                          f"exactly one of them; got n_classes={n_classes!r}, tasks={tasks!r}")
-    if pooling is not None and name not in POOLING_MODELS:
-        raise ValueError(f"pooling={pooling!r}: {name} has no pooling choice; only "
-                         f"{', '.join(POOLING_MODELS)} have")
+    check_pooling(name, pooling)
     options = {} if pooling is None else {"pooling": pooling}
     model = MODELS[name](n_classes if tasks is None else tasks, **options)
     if frontend != "exact" or oversample is not None:
@@ -38,5 +44,5 @@ def build_model(name: str, n_classes: int | None = None, tasks: dict[str, int] |
     return model
 
 
-__all__ = ["AST", "ASTBase", "MODELS", "POOLING_MODELS", "CochCNN", "CochResNet50", "build_model",
-           "frontend_of", "tap_shapes", "tapped", "task_sizes"]
+__all__ = ["AST", "ASTBase", "MODELS", "POOLING_MODELS", "POOLINGS", "CochCNN", "CochResNet50", "build_model",
+           "check_pooling", "frontend_of", "tap_shapes", "tapped", "task_sizes"]

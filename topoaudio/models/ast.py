@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .frontend import CochlearFrontend
-from .heads import apply_heads, build_heads, task_sizes
+from .heads import PooledHeads, apply_heads, build_heads, task_sizes
 
 SAMPLE_RATE = 20000  # the cochleagram's default sr
-POOLINGS = ("mean", "max")
 # Fixed input standardisation, as AST standardises its filterbank by dataset statistics: the
 # cochleagram's mean and std over 12 one-second speech_music_scenes clips. Without it (values ~0.13
 # +- 0.07) AdamW at 3e-4 left the category loss at chance on a fixed batch for 25 steps; with it the
@@ -82,7 +81,7 @@ class Block(nn.Module):
         return x + self.fc2(units.flatten(2).transpose(1, 2))
 
 
-class AST(nn.Module):
+class AST(PooledHeads):
     """waveform [B, samples] -> logits [B, n] (heads = n) or {task: logits} (heads = {task: n}).
 
     depth blocks of `width` channels and `n_heads` attention heads, MLP hidden = mlp_ratio * width;
@@ -102,14 +101,10 @@ class AST(nn.Module):
                  n_heads: int = 4, mlp_ratio: int = 4, patch=(20, 20), stride=(16, 16),
                  max_seconds: float = 2.0, pooling: str = "mean"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.tasks = task_sizes(heads)  # None: one head
         # What the heads read: the mean over tokens (AST's, the default) or each feature's maximum
         # (cochcnn's since issue 11: a word fills ~0.4 s of a 2 s clip, and the mean dilutes it).
-        # A buffer, so the checkpoint records it; _load_from_state_dict reads it back.
-        self.pooling = pooling
-        self.register_buffer("max_pooling", torch.tensor(pooling == "max"))
+        self._set_pooling(pooling)  # checked; saved in the state dict (PooledHeads)
         depth, width = _positive_int("depth", depth), _positive_int("width", width)
         n_heads, mlp_ratio = _positive_int("n_heads", n_heads), _positive_int("mlp_ratio", mlp_ratio)
         if width % n_heads:
@@ -164,17 +159,7 @@ class AST(nn.Module):
         x = (tokens + self.position[..., :grid[1]]).flatten(2).transpose(1, 2)  # [B, L, width]
         for name in self._block_names():
             x = getattr(self, name)(x, grid)
-        x = self.norm(x)
-        pooled = x.amax(dim=1) if self.pooling == "max" else x.mean(dim=1)
-        return apply_heads(self.head if self.tasks is None else self.heads, pooled)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before the pooling option hold no flag: their heads read the mean.
-        key = prefix + "max_pooling"
-        if key not in state_dict:
-            state_dict[key] = torch.tensor(False)
-        self.pooling = "max" if bool(state_dict[key]) else "mean"
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return apply_heads(self.head if self.tasks is None else self.heads, self.pool(self.norm(x), 1))
 
 
 class ASTBase(AST):

@@ -5,9 +5,7 @@ import torch
 from torch import nn
 
 from .frontend import CochlearFrontend
-from .heads import apply_heads, build_heads, task_sizes
-
-POOLINGS = ("max", "mean")
+from .heads import PooledHeads, apply_heads, build_heads, task_sizes
 
 
 def _block(c_in, c_out, kernel, stride, pool):
@@ -18,7 +16,7 @@ def _block(c_in, c_out, kernel, stride, pool):
     return nn.Sequential(*layers)
 
 
-class CochCNN(nn.Module):
+class CochCNN(PooledHeads):
     """waveform [B, 40000] -> logits [B, n] (heads = n: one head) or {task: logits [B, n_task]}
     (heads = {task: n_task}: one linear head per task on the same pooled features). The heads read
     each block4 channel's maximum over frequency and time (pooling="max", the default) or its mean
@@ -32,15 +30,11 @@ class CochCNN(nn.Module):
 
     def __init__(self, heads: int | dict[str, int], width: int = 24, pooling: str = "max"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.tasks = task_sizes(heads)  # None: one head
         # Why max: a scene's word fills ~0.4 s of 2 s. Averaged over the clip it is diluted five-fold
         # by the background, and a 50-word task stayed at chance for 800 steps
         # (docs/run_logs/scenes-trials/word_only); the maximum keeps the moment the word sounds.
-        # A buffer, so the checkpoint records the pooling; _load_from_state_dict reads it back.
-        self.pooling = pooling
-        self.register_buffer("max_pooling", torch.tensor(pooling == "max"))
+        self._set_pooling(pooling)  # checked; saved in the state dict (PooledHeads)
         self.frontend = CochlearFrontend()
         self.block1 = _block(1, width, 7, 2, pool=True)
         self.block2 = _block(width, 2 * width, 5, 2, pool=False)
@@ -52,13 +46,4 @@ class CochCNN(nn.Module):
     def forward(self, waveform: torch.Tensor):
         x = self.frontend(waveform)
         features = self.block4(self.block3(self.block2(self.block1(x))))
-        pooled = features.amax(dim=(2, 3)) if self.pooling == "max" else features.mean(dim=(2, 3))
-        return apply_heads(self.head if self.tasks is None else self.heads, pooled)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before the pooling option hold no flag: their heads read the mean.
-        key = prefix + "max_pooling"
-        if key not in state_dict:
-            state_dict[key] = torch.tensor(False)
-        self.pooling = "max" if bool(state_dict[key]) else "mean"
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return apply_heads(self.head if self.tasks is None else self.heads, self.pool(features, (2, 3)))

@@ -42,3 +42,28 @@ def apply_heads(heads: nn.Linear | nn.ModuleDict, pooled: torch.Tensor):
     if isinstance(heads, nn.ModuleDict):
         return {task: head(pooled) for task, head in heads.items()}
     return heads(pooled)
+
+
+POOLINGS = ("max", "mean")
+
+
+class PooledHeads(nn.Module):
+    """A model whose heads read each feature's maximum or its mean over frequency and time (or
+    tokens): `pooling`. Kept as a buffer (`max_pooling`), so a checkpoint records it; a state dict
+    from before the option holds no flag and reads the mean (its heads were trained on it)."""
+
+    def _set_pooling(self, pooling: str) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.register_buffer("max_pooling", torch.tensor(pooling == "max"))
+
+    def pool(self, features: torch.Tensor, dim) -> torch.Tensor:
+        return features.amax(dim=dim) if self.pooling == "max" else features.mean(dim=dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "max_pooling"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(False)
+        self.pooling = "max" if bool(state_dict[key]) else "mean"
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from topoaudio.commandline import DefaultsFormatter
-from topoaudio.models import MODELS, POOLING_MODELS
+from topoaudio.models import MODELS, POOLINGS, check_pooling
 from topoaudio.ops.spatial_common import KINDS as SPATIAL_KINDS
 from topoaudio.sheet import KINDS as SHEET_KINDS
 from topoaudio.topoloss import SCHEDULE_KINDS
@@ -111,9 +111,7 @@ class TrainConfig:
 
     def _check_together(self) -> None:
         """Rules that join two settings."""
-        if self.pooling and self.model not in POOLING_MODELS:
-            raise ValueError(f"pooling={self.pooling!r}: {self.model} has no pooling choice; only "
-                             f"{', '.join(POOLING_MODELS)} have (leave pooling empty)")
+        check_pooling(self.model, self.pooling or None)
         if self.topo != "none":
             if not self.topo_layers:
                 raise ValueError(f"topo={self.topo!r} needs at least one of topo_layers (taps of "
@@ -172,7 +170,7 @@ def zero_or_at_least(low) -> Callable[[object], str]:
 
 RULES: dict[str, Rule] = {
     "model": Rule(str, one_of(*MODELS)),
-    "pooling": Rule(str, one_of("", "max", "mean")),
+    "pooling": Rule(str, one_of("", *POOLINGS)),
     "dataset": Rule(str, one_of(*DATASETS)),
     "data_root": Rule(str),
     "noise_root": Rule(str),
