@@ -59,7 +59,22 @@ def spatial_loss_call(args):
                                     backend=args.backend).backward()
 
 
-CALLS = {"cochleagram": cochleagram_call, "spatial_loss": spatial_loss_call}
+def batch_norm_relu_pool_call(args):
+    import topoaudio.ops as ops
+
+    shape = tuple(int(size) for size in args.shape.split(","))
+    x = torch.randn(shape, dtype=getattr(torch, args.dtype)).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.ones(shape[1]), torch.zeros(shape[1])
+    kwargs = dict(pool=args.pool, backend=args.backend)
+    ops.batch_norm_relu_pool(x[:2], weight, bias, **kwargs)  # load the kernels
+    if args.mode == "forward":
+        return lambda: ops.batch_norm_relu_pool(x, weight, bias, **kwargs)
+    leaf = x.requires_grad_(True)
+    return lambda: ops.batch_norm_relu_pool(leaf, weight, bias, **kwargs).sum().backward()
+
+
+CALLS = {"cochleagram": cochleagram_call, "spatial_loss": spatial_loss_call,
+         "batch_norm_relu_pool": batch_norm_relu_pool_call}
 
 
 def main():
@@ -75,6 +90,9 @@ def main():
     parser.add_argument("--n", type=int, default=8192, help="units (spatial_loss)")
     parser.add_argument("--kind", default="relative")
     parser.add_argument("--radius", type=float, default=None)
+    parser.add_argument("--shape", default="16,24,106,195", help="N,C,H,W (batch_norm_relu_pool)")
+    parser.add_argument("--dtype", default="float32", help="batch_norm_relu_pool")
+    parser.add_argument("--pool", action="store_true", help="batch_norm_relu_pool: the 2x2 max-pool")
     args = parser.parse_args()
     call = CALLS[args.op](args)
     if args.device == "cuda":

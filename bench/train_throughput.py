@@ -2,7 +2,7 @@
 config (cochcnn, whole-sheet spatial loss, speech/music scenes, batch 16, 1 data worker), for the
 step as it was (exact front end, contiguous convolutions, float32) and with each change since (the
 fast front end, channels_last, bf16 autocast on the CPU, OpenMP threads that sleep instead of spin
-while they wait), each variant in its own process, the variants alternating round by round so that
+while they wait, cochcnn's batch norm + ReLU + max-pool as one fused op), each variant in its own process, the variants alternating round by round so that
 a change of the machine's load falls on all of them. Per variant: the median of the per-log-interval
 clips/s that metrics.jsonl records, after --warmup steps. Then a per-phase profile of one step of
 the first and the last variant, on batches rendered beforehand (so without the scenes' synthesis,
@@ -24,12 +24,14 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# name: (front end, channels_last, cpu_amp, OpenMP wait policy or None for the default)
+# name: (front end, channels_last, cpu_amp, OpenMP wait policy or None for the default, cochcnn's
+# batch norm + ReLU + max-pool fused into one op)
 VARIANTS = {
-    "before: exact, contiguous, float32": ("exact", False, "off", None),
-    "fast front end, channels_last": ("fast", True, "off", None),
-    "fast, channels_last, bf16 autocast": ("fast", True, "on", None),
-    "fast, channels_last, bf16, OMP_WAIT_POLICY=PASSIVE": ("fast", True, "on", "PASSIVE"),
+    "before: exact, contiguous, float32": ("exact", False, "off", None, False),
+    "fast front end, channels_last": ("fast", True, "off", None, False),
+    "fast, channels_last, bf16 autocast": ("fast", True, "on", None, False),
+    "fast, channels_last, bf16, OMP_WAIT_POLICY=PASSIVE": ("fast", True, "on", "PASSIVE", False),
+    "+ fused batch norm, ReLU, max-pool": ("fast", True, "on", "PASSIVE", True),
 }
 
 
@@ -40,11 +42,13 @@ def _memory_format(channels_last: bool):
 
 def run_variant(name: str, steps: int, warmup: int) -> dict:
     """One variant in this process: a short default training, its median clips/s."""
+    from topoaudio.models.cochcnn import ConvBlock
     from topoaudio.training import loop, train
     from topoaudio.training.config import TrainConfig
 
-    frontend, channels_last, cpu_amp, _ = VARIANTS[name]
+    frontend, channels_last, cpu_amp, _, fused = VARIANTS[name]
     loop.MEMORY_FORMAT = _memory_format(channels_last)
+    ConvBlock.fused = fused
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
         started = time.perf_counter()
@@ -63,13 +67,15 @@ def profile_variant(name: str, repeats: int = 8) -> dict:
     import torch
 
     from topoaudio.models import build_model, frontend_of, tapped
+    from topoaudio.models.cochcnn import ConvBlock
     from topoaudio.training import loop
     from topoaudio.training.config import TrainConfig
     from topoaudio.training.data import build_datasets, collate
     from topoaudio.training.objective import Objective
     from topoaudio.training.topography import TopographicLosses
 
-    frontend, channels_last, cpu_amp, _ = VARIANTS[name]
+    frontend, channels_last, cpu_amp, _, fused = VARIANTS[name]
+    ConvBlock.fused = fused
     config = TrainConfig(frontend=frontend, cpu_amp=cpu_amp)
     train_set, _ = build_datasets(config)
     started = time.perf_counter()

@@ -4,16 +4,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from topoaudio.ops import batch_norm_relu_pool_module
+
 from .frontend import CochlearFrontend
 from .heads import PooledHeads, apply_heads, build_heads, task_sizes
 
 
-def _block(c_in, c_out, kernel, stride, pool):
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-              nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+class ConvBlock(nn.Sequential):
+    """conv -> batch norm -> ReLU (-> 2x2 max-pool): an nn.Sequential, so its state-dict keys are
+    those of the plain Sequential it replaced. Training on the CPU runs the last three as one fused
+    op (ops.batch_norm_relu_pool, issue 20); evaluation and GPUs run the layers one by one."""
+
+    def __init__(self, c_in, c_out, kernel, stride, pool):
+        layers = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+                  nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+
+    fused = True  # False: always layer by layer (bench/train_throughput.py's "before" variants)
+
+    def forward(self, x):
+        y = self[0](x)
+        if self.fused and self.training and y.device.type == "cpu":
+            return batch_norm_relu_pool_module(y, self[1], pool=len(self) == 4)
+        for index in range(1, len(self)):
+            y = self[index](y)
+        return y
+
+
+_block = ConvBlock
 
 
 class CochCNN(PooledHeads):

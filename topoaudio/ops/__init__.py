@@ -1,6 +1,7 @@
 """Public ops. Each has a plain-PyTorch reference in `reference`, fused backends chosen by
 `dispatch`, and a torch.library registration (see docs/DESIGN.md)."""
 from . import dispatch, reference
+from .bn_relu_pool import batch_norm_relu_pool, batch_norm_relu_pool_module
 from .cochleagram import Cochleagram, cochleagram, cochleagram_axes, valid_frames
 from .cochlear_filters import CochleagramConfig
 from .dispatch import available_backends, last_backend, use_backend
@@ -12,6 +13,8 @@ __all__ = [
     "CochleagramConfig",
     "SpatialLoss",
     "available_backends",
+    "batch_norm_relu_pool",
+    "batch_norm_relu_pool_module",
     "cochleagram",
     "cochleagram_axes",
     "dispatch",

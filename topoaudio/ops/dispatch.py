@@ -38,6 +38,8 @@ _PREFERENCE = {
 _OP_PREFERENCE = {
     ("spatial_loss", "cuda"): ("triton", "cuda", "torch", "reference"),
     ("cochleagram_fast", "cuda"): ("torch", "triton"),
+    # cuDNN's batch norm and PyTorch's ReLU and max-pool are the GPU path (bn_relu_pool.py: why)
+    ("batch_norm_relu_pool", "cuda"): ("reference",),
 }
 # Ops that only some backends implement, and why the others cannot run them. The fast cochleagram
 # (issue 20) is C++ on the CPU, Triton around cuFFT on GPUs, and batched torch.fft anywhere; it has
@@ -46,6 +48,9 @@ _OP_BACKENDS = {
     "cochleagram_fast": (("cpp", "torch", "triton"),
                          "mode='fast' runs on the cpp backend (CPU), the triton backend (GPUs) or "
                          "the torch backend (any device, batched torch.fft: cuFFT on GPUs)"),
+    "batch_norm_relu_pool": (("cpp", "reference"),
+                             "batch norm + ReLU + max-pool runs fused on the cpp backend (CPU) or "
+                             "as the plain PyTorch composition (backend='reference', any device)"),
 }
 
 # Looked up once at import (finding it does not import it): torch.compile cannot trace find_spec,

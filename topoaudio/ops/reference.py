@@ -113,3 +113,12 @@ def spatial_loss(features: torch.Tensor, positions: torch.Tensor, *, kind: str =
         return (r_pairs - w_pairs).abs().mean().to(x.dtype)
     # r and w were computed in x.dtype: the fused ops' rule for "no variance" applies
     return ((1 - _pearson(r_pairs, w_pairs, variance_rel_tol(x.dtype))) / 2).to(x.dtype)
+
+
+def batch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         running_mean: torch.Tensor | None = None,
+                         running_var: torch.Tensor | None = None, *, training: bool = True,
+                         momentum: float = 0.1, eps: float = 1e-5, pool: bool = False) -> torch.Tensor:
+    """relu(batch_norm(x)), then a 2x2 max-pool of stride 2 when `pool` (the fused op's contract)."""
+    out = F.relu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
+    return F.max_pool2d(out, 2) if pool else out
