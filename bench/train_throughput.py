@@ -2,11 +2,12 @@
 config (cochcnn, whole-sheet spatial loss, speech/music scenes, batch 16, 1 data worker), for the
 step as it was (exact front end, contiguous convolutions, float32) and with each change since (the
 fast front end, channels_last, bf16 autocast on the CPU, OpenMP threads that sleep instead of spin
-while they wait, cochcnn's batch norm + ReLU + max-pool as one fused op), each variant in its own process, the variants alternating round by round so that
-a change of the machine's load falls on all of them. Per variant: the median of the per-log-interval
-clips/s that metrics.jsonl records, after --warmup steps. Then a per-phase profile of one step of
-the first and the last variant, on batches rendered beforehand (so without the scenes' synthesis,
-which is timed apart, per clip, on one thread).
+while they wait, cochcnn's batch norm + ReLU + max-pool as one fused op), each variant in its own
+process, the variants alternating round by round so that a change of the machine's load falls on
+all of them. Per variant: the median of the per-log-interval clips/s that metrics.jsonl records,
+after --warmup steps. Then a per-phase profile of one step of the first and the last variant, on
+batches rendered beforehand (so without the scenes' synthesis, which is timed apart, per clip, on
+one thread).
 
 Run: python bench/train_throughput.py [--steps 40] [--rounds 2] [--out DIR]
 Writes DIR/throughput.{json,md} (default bench/results/train-throughput). Compare within one run.
