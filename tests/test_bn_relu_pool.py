@@ -136,6 +136,16 @@ def test_evaluation_mode_and_other_devices_take_the_reference():
         batch_norm_relu_pool(x, weight, bias, *running, training=False, backend="cpp")
 
 
+def test_a_forced_torch_backend_runs_the_composition():
+    """TOPOAUDIO_BACKEND=torch / use_backend("torch") force the other ops' PyTorch backends; here
+    that is the composition, so a cochcnn training under it still runs."""
+    x, weight, bias = _inputs((2, 3, 6, 6), torch.float32)
+    with ops.use_backend("torch"):
+        out = batch_norm_relu_pool(x, weight, bias, pool=True)
+    assert ops.last_backend("batch_norm_relu_pool") == "torch"
+    torch.testing.assert_close(out, reference.batch_norm_relu_pool(x, weight, bias, pool=True))
+
+
 def test_module_wrapper_follows_batch_norm2d():
     """Running statistics, the batch counter and momentum=None (a cumulative average) as
     nn.BatchNorm2d updates them."""

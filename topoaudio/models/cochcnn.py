@@ -33,8 +33,6 @@ class ConvBlock(nn.Sequential):
         return y
 
 
-_block = ConvBlock
-
 
 class CochCNN(PooledHeads):
     """waveform [B, 40000] -> logits [B, n] (heads = n: one head) or {task: logits [B, n_task]}
@@ -56,10 +54,10 @@ class CochCNN(PooledHeads):
         # (docs/run_logs/scenes-trials/word_only); the maximum keeps the moment the word sounds.
         self._set_pooling(pooling)  # checked; saved in the state dict (PooledHeads)
         self.frontend = CochlearFrontend()
-        self.block1 = _block(1, width, 7, 2, pool=True)
-        self.block2 = _block(width, 2 * width, 5, 2, pool=False)
-        self.block3 = _block(2 * width, 4 * width, 3, 1, pool=True)
-        self.block4 = _block(4 * width, 128, 3, 1, pool=False)
+        self.block1 = ConvBlock(1, width, 7, 2, pool=True)
+        self.block2 = ConvBlock(width, 2 * width, 5, 2, pool=False)
+        self.block3 = ConvBlock(2 * width, 4 * width, 3, 1, pool=True)
+        self.block4 = ConvBlock(4 * width, 128, 3, 1, pool=False)
         # one head is "head", several are "heads": the names checkpoints were saved with
         self.add_module("head" if self.tasks is None else "heads", build_heads(heads, 128))
 

@@ -136,7 +136,7 @@ def batch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None, bias: tor
     if backend in (None, "auto") and not _fusable(x, training):
         backend = "reference"
     name = dispatch.choose(OP_NAME, x.device, backend)
-    if name == "reference":
+    if name in ("torch", "reference"):  # the composition is plain PyTorch: both names run it
         return reference.batch_norm_relu_pool(x, weight, bias, running_mean, running_var,
                                               training=training, momentum=momentum, eps=eps,
                                               pool=pool)

@@ -48,9 +48,9 @@ _OP_BACKENDS = {
     "cochleagram_fast": (("cpp", "torch", "triton"),
                          "mode='fast' runs on the cpp backend (CPU), the triton backend (GPUs) or "
                          "the torch backend (any device, batched torch.fft: cuFFT on GPUs)"),
-    "batch_norm_relu_pool": (("cpp", "reference"),
+    "batch_norm_relu_pool": (("cpp", "torch", "reference"),
                              "batch norm + ReLU + max-pool runs fused on the cpp backend (CPU) or "
-                             "as the plain PyTorch composition (backend='reference', any device)"),
+                             "as the plain PyTorch composition (torch or reference, any device)"),
 }
 
 # Looked up once at import (finding it does not import it): torch.compile cannot trace find_spec,
