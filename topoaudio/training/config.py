@@ -25,6 +25,7 @@ DATASETS = ("procedural", "speech_commands", "esc50", "nsynth", "word_speaker_no
             "speech_music_scenes")
 DEVICES = ("auto", "cpu", "cuda")
 CPU_AMP = ("auto", "on", "off")
+FRONTEND_IN_WORKERS = ("auto", "on", "off")
 
 
 @dataclass
@@ -97,6 +98,12 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 100
     num_workers: int = 1  # DataLoader worker processes: the scenes are synthesised there
+    # where the cochleagram is computed on the CPU: "on" in the DataLoader workers, beside the
+    # scenes' synthesis, while the main process runs the network on the cores the workers leave
+    # (issue 20: 2 cores split the step between data and network); "off" in the model, as on
+    # GPUs; "auto": on when training on the CPU with num_workers >= 1. The same op on the same
+    # clips either way: the cochleagrams, and so the run, are bit for bit the same.
+    frontend_in_workers: str = "auto"
     amp: bool = True  # bf16 autocast on GPU
     # bf16 autocast on the CPU: "auto" turns it on where the CPU computes bf16 natively
     # (avx512_bf16 or AMX) and off elsewhere, and the run saves what it chose ("on" or "off"), so
@@ -123,6 +130,9 @@ class TrainConfig:
                                  f"{list(taps)}")
             if len(set(self.topo_layers)) != len(self.topo_layers):
                 raise ValueError(f"topo_layers {self.topo_layers} names a layer twice")
+        if self.frontend_in_workers == "on" and self.num_workers < 1:
+            raise ValueError("frontend_in_workers=on computes the cochleagrams in the DataLoader "
+                             "workers: it needs num_workers >= 1 (or frontend_in_workers auto/off)")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks {self.tasks} names a task twice")
         if self.task_weights and self.tasks and len(self.task_weights) != len(self.tasks):
@@ -219,6 +229,7 @@ RULES: dict[str, Rule] = {
     "eval_every": Rule(int, at_least(1)),
     "checkpoint_every": Rule(int, at_least(1)),
     "num_workers": Rule(int, at_least(0)),
+    "frontend_in_workers": Rule(str, one_of(*FRONTEND_IN_WORKERS)),
     "amp": Rule(bool),
     "cpu_amp": Rule(str, one_of(*CPU_AMP)),
     "device": Rule(str, one_of(*DEVICES)),
@@ -277,6 +288,8 @@ HELP: dict[str, str] = {
     "eval_every": "steps between validations",
     "checkpoint_every": "steps between checkpoints",
     "num_workers": "DataLoader worker processes (the scenes are synthesised there)",
+    "frontend_in_workers": "CPU: compute the cochleagrams in the DataLoader workers (auto: when "
+                           "training on the CPU with workers; the same numbers either way)",
     "amp": "bf16 autocast on GPUs",
     "cpu_amp": "bf16 autocast on the CPU (auto: where the CPU has native bf16; the run saves on/off)",
     "device": "auto: CUDA when available",
@@ -292,7 +305,9 @@ ADDED_SETTINGS = {"tasks": [], "task_weights": [], "scene_words": 50, "scene_voi
                   # runs saved before TDANN's windows existed sampled the k nearest units
                   "neighbourhood_kind": "knearest", "neighbourhood_width_mm": 4.0,
                   "neighbourhoods_per_step": 1,
-                  "pooling": ""}  # runs before the setting: the model's own pooling
+                  "pooling": "",  # runs before the setting: the model's own pooling
+                  # where the front end ran does not change a run's numbers
+                  "frontend_in_workers": "auto"}
 
 
 def _typed(kind: type, value):

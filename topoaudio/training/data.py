@@ -79,3 +79,19 @@ def collate(items) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]
                          "multi-task dataset must label the same tasks")
     return waveforms, {task: torch.tensor([int(target[task]) for target in targets], dtype=torch.long)
                        for task in tasks}
+
+
+class FrontendCollate:
+    """collate, then the model's front end (without gradient): the DataLoader's collate_fn when
+    the cochleagrams are computed in its workers (frontend_in_workers, issue 20). There the front
+    end runs beside the scenes' synthesis, one thread per worker, while the main process runs only
+    the network: on 2 cores, data and network each fill one. Batches are (cochleagrams
+    [B, 1, C, frames], labels); the model's front end passes them on (CochlearFrontend.precomputed)."""
+
+    def __init__(self, frontend: torch.nn.Module):
+        self.frontend = frontend
+
+    def __call__(self, items):
+        waveforms, labels = collate(items)
+        with torch.no_grad():
+            return self.frontend(waveforms), labels

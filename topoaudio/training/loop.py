@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from topoaudio.models import build_model, frontend_of, tapped
 
 from . import run_dir
 from .config import ADDED_SETTINGS, TrainConfig
-from .data import build_datasets, collate
+from .data import FrontendCollate, build_datasets, collate
 from .divergence import (
     TrainingDiverged,
     all_ranks_agree,
@@ -123,6 +123,36 @@ def resolved_cpu_amp(setting: str, device: torch.device) -> str:
     if setting == "auto":
         return "on" if native_bf16() else "off"
     return setting
+
+
+def resolved_frontend_in_workers(config: TrainConfig, device: torch.device) -> bool:
+    """Whether this run computes its cochleagrams in the DataLoader workers (frontend_in_workers)."""
+    if config.frontend_in_workers == "auto":
+        return device.type == "cpu" and config.num_workers >= 1
+    if config.frontend_in_workers == "on" and device.type != "cpu":
+        raise ValueError(f"frontend_in_workers=on computes the cochleagrams on the CPU, in the "
+                         f"DataLoader workers; this run trains on {device.type}, where the front "
+                         f"end runs on the device: use frontend_in_workers auto or off")
+    return config.frontend_in_workers == "on"
+
+
+@contextmanager
+def _frontend_placement(model: nn.Module, in_workers: bool, num_workers: int):
+    """While the workers compute the cochleagrams, the model's front end passes them on and the
+    main process keeps the cores the workers leave it: torch threads minus one per worker, at
+    least one (2 cores, 1 worker: 1 thread; a second thread in the main process competed with the
+    worker and lost ~5 % in the measurements, bench/RESULTS.md). Both are restored afterwards."""
+    if not in_workers:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - num_workers))
+    model.frontend.precomputed = True
+    try:
+        yield
+    finally:
+        model.frontend.precomputed = False
+        torch.set_num_threads(threads)
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -273,6 +303,7 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         checkpoint.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0],
                                  ckpt_path)
         start_step = state["step"]
+    in_workers = resolved_frontend_in_workers(config, device)
     ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                      else None) if world > 1 else model)
     if rank == 0:  # written only now that the run has started, or resumed, without an error
@@ -280,55 +311,59 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         run_dir.write_json_atomic(os.path.join(config.out, run_dir.CONFIG_NAME), config.to_dict())
         run_dir.keep_metrics_up_to(os.path.join(config.out, run_dir.METRICS_NAME), start_step)
         with open(os.path.join(config.out, run_dir.ENVIRONMENT_NAME), "a") as handle:
-            handle.write(json.dumps({**environment(), "start_step": start_step, "world_size": world}) + "\n")
+            handle.write(json.dumps({**environment(), "start_step": start_step, "world_size": world,
+                                     "frontend_in_workers": in_workers}) + "\n")
     autocast = _autocast(config, device)
     metrics_path = os.path.join(config.out, "metrics.jsonl")
     progress = tqdm(total=config.steps, initial=start_step, disable=rank != 0, desc="train",
                     unit="step", dynamic_ncols=True)
     last: dict = {}
-    model.train()
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=StepBatches(config, len(train_set), rank, world, start_step),
-        num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
-    tic = time.perf_counter()
-    for step, (waveforms, labels) in zip(range(start_step, config.steps), loader, strict=True):
-        waveforms, labels = waveforms.to(device), labels_to(labels, device)
-        with autocast, tapped(model, topo.layers) as features:
-            logits = ddp_model(waveforms)
-            task_loss, task_terms = objective.loss(logits, labels)
-        topo_total, topo_terms = topo(features, step)
-        loss = task_loss + topo_total
-        _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
-                      probe=functools.partial(first_non_finite_output, model, waveforms))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        _check_state(model, optimizer, done, ckpt_path, world, device)
-        batch_accuracy = accuracy(logits, labels)
-        last = {"step": done, "loss": float(loss.detach()), "task_loss": float(task_loss.detach()),
-                "accuracy": batch_accuracy,
-                **_per_task_losses(task_terms, batch_accuracy),
-                "topo": {name: float(value) for name, value in topo_terms.items()},
-                "lr": scheduler.get_last_lr()[0],
-                "clips_per_s": config.batch_size / (time.perf_counter() - tic)}
-        if rank == 0:
-            progress.update(1)
-            progress.set_postfix(loss=f"{last['loss']:.3f}", batch_acc=_short(batch_accuracy))
-            if done % config.log_every == 0 or done == config.steps:
-                _append_json(metrics_path, last)
-            if done % config.eval_every == 0 or done == config.steps:
-                last["val_accuracy"] = validation_accuracy(model, val_set, device, progress=True)
-                last["chance"] = objective.chance()
-                _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
-                                            "chance": last["chance"]})
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            _save(config, model, optimizer, scheduler, topo, objective, done, ckpt_path, rank, world)
-        tic = time.perf_counter()  # throughput counts the step, not evaluation or checkpointing
-    progress.close()
+    with _frontend_placement(model, in_workers, config.num_workers):
+        model.train()
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_sampler=StepBatches(config, len(train_set), rank, world, start_step),
+            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+            collate_fn=FrontendCollate(model.frontend) if in_workers else collate)
+        tic = time.perf_counter()
+        # inputs: waveforms, or cochleagrams when the workers compute them
+        for step, (inputs, labels) in zip(range(start_step, config.steps), loader, strict=True):
+            inputs, labels = inputs.to(device), labels_to(labels, device)
+            with autocast, tapped(model, topo.layers) as features:
+                logits = ddp_model(inputs)
+                task_loss, task_terms = objective.loss(logits, labels)
+            topo_total, topo_terms = topo(features, step)
+            loss = task_loss + topo_total
+            _check_finite(loss, task_loss, topo_terms, features, step, ckpt_path, world, device,
+                          probe=functools.partial(first_non_finite_output, model, inputs))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            done = step + 1
+            _check_state(model, optimizer, done, ckpt_path, world, device)
+            batch_accuracy = accuracy(logits, labels)
+            last = {"step": done, "loss": float(loss.detach()), "task_loss": float(task_loss.detach()),
+                    "accuracy": batch_accuracy,
+                    **_per_task_losses(task_terms, batch_accuracy),
+                    "topo": {name: float(value) for name, value in topo_terms.items()},
+                    "lr": scheduler.get_last_lr()[0],
+                    "clips_per_s": config.batch_size / (time.perf_counter() - tic)}
+            if rank == 0:
+                progress.update(1)
+                progress.set_postfix(loss=f"{last['loss']:.3f}", batch_acc=_short(batch_accuracy))
+                if done % config.log_every == 0 or done == config.steps:
+                    _append_json(metrics_path, last)
+                if done % config.eval_every == 0 or done == config.steps:
+                    last["val_accuracy"] = validation_accuracy(model, val_set, device, progress=True)
+                    last["chance"] = objective.chance()
+                    _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
+                                                "chance": last["chance"]})
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                _save(config, model, optimizer, scheduler, topo, objective, done, ckpt_path, rank, world)
+            tic = time.perf_counter()  # throughput counts the step, not evaluation or checkpointing
+        progress.close()
     _log_skipped_files(metrics_path, config.steps, {"train": train_set, "validation": val_set},
                        rank, world, device)
     if rank == 0:

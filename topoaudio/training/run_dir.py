@@ -27,7 +27,8 @@ LOCK_NAME = "run.lock"
 # Settings whose value a new run resolves before it saves them (cpu_amp "auto" -> on/off): a resume
 # that asks for the unresolved value asks for the run as it was.
 RESOLVED_AT_START = {"cpu_amp": "auto"}
-CHANGEABLE_ON_RESUME = ("steps", "out", "log_every", "eval_every", "checkpoint_every", "num_workers")
+CHANGEABLE_ON_RESUME = ("steps", "out", "log_every", "eval_every", "checkpoint_every", "num_workers",
+                        "frontend_in_workers")  # where the front end runs: the same numbers
 
 
 def default_out(config: TrainConfig) -> str:
