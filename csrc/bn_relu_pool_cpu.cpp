@@ -72,6 +72,7 @@ template <typename T> struct Io {
   using math = T;
   static math load(storage v) { return v; }
   static storage store(math v) { return v; }
+  static math round(math v) { return v; }  // load(store(v))
 };
 template <> struct Io<c10::BFloat16> {
   using storage = uint16_t;
@@ -88,29 +89,45 @@ template <> struct Io<c10::BFloat16> {
     const uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
     return static_cast<uint16_t>((f != f ? 0x7FC00000u : rounded) >> 16);
   }
+  // load(store(f)) in 32-bit lanes: without the narrowing to 16 bits and back, which SSE2 does in
+  // long shuffle sequences
+  static float round(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    const uint32_t rounded = (f != f ? 0x7FC00000u : bits + 0x7FFFu + ((bits >> 16) & 1u)) &
+                             0xFFFF0000u;
+    float r;
+    std::memcpy(&r, &rounded, sizeof r);
+    return r;
+  }
 };
 
-// The inner loops, one position (C channels) per call. Each is a function of its own with
+// The inner loops, over C channels (the statistics: over a chunk of positions). Each is a function of its own with
 // __restrict arguments and `omp simd`, so that it vectorises without runtime alias checks: as
 // lambdas over shared buffers GCC kept a scalar fallback, which ran ~5x slower than torch's ops.
 template <typename io, typename S, typename A>
-inline void add_values(const S* __restrict x, A* __restrict acc, int64_t C) {
+inline void add_values(const S* __restrict x, int64_t count, A* __restrict acc, int64_t C) {
+  for (int64_t p = 0; p < count; ++p, x += C) {
 #pragma omp simd
-  for (int64_t c = 0; c < C; ++c) acc[c] += io::load(x[c]);
+    for (int64_t c = 0; c < C; ++c) acc[c] += io::load(x[c]);
+  }
 }
 
 template <typename io, typename S, typename A>
-inline void add_squares(const S* __restrict x, const A* __restrict mu, A* __restrict acc, int64_t C) {
+inline void add_squares(const S* __restrict x, int64_t count, const A* __restrict mu,
+                        A* __restrict acc, int64_t C) {
+  for (int64_t p = 0; p < count; ++p, x += C) {
 #pragma omp simd
-  for (int64_t c = 0; c < C; ++c) {
-    const A d = io::load(x[c]) - mu[c];
-    acc[c] += d * d;
+    for (int64_t c = 0; c < C; ++c) {
+      const A d = io::load(x[c]) - mu[c];
+      acc[c] += d * d;
+    }
   }
 }
 
 // z = a x + b rounded to x's dtype (as batch_norm's output is); relu keeps NaN, as torch's does
 template <typename io, typename S, typename A>
-inline A normalised(S x, A a, A b) { return io::load(io::store(a * io::load(x) + b)); }
+inline A normalised(S x, A a, A b) { return io::round(a * io::load(x) + b); }
 template <typename A>
 inline A relu(A v) { return (v > 0 || v != v) ? v : A(0); }
 
@@ -216,18 +233,18 @@ inline void write_grad(const S* __restrict g, const S* __restrict out,
   }
 }
 
-// Per-channel sums over positions [0, positions) of `add(position, accumulators)`, in chunks of
-// kChunk positions added up in a fixed order (the same bits at any thread count).
+// Per-channel sums over positions [0, positions), in chunks of kChunk positions added up in a
+// fixed order (the same bits at any thread count). add_chunk(p0, p1, acc) adds positions
+// [p0, p1) into acc; add_one(p, acc) adds one.
 template <typename A, typename F>
-std::vector<double> chunked_sums(int64_t positions, int64_t width, F add) {
+std::vector<double> chunked_sums(int64_t positions, int64_t width, F add_chunk) {
   const int64_t chunks = (positions + kChunk - 1) / kChunk;
   std::vector<double> partial(chunks * width, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> acc(width);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t p = chunk * kChunk; p < std::min(positions, (chunk + 1) * kChunk); ++p)
-        add(p, acc.data());
+      add_chunk(chunk * kChunk, std::min(positions, (chunk + 1) * kChunk), acc.data());
       for (int64_t c = 0; c < width; ++c) partial[chunk * width + c] = acc[c];
     }
   });
@@ -235,6 +252,13 @@ std::vector<double> chunked_sums(int64_t positions, int64_t width, F add) {
   for (int64_t chunk = 0; chunk < chunks; ++chunk)
     for (int64_t c = 0; c < width; ++c) total[c] += partial[chunk * width + c];
   return total;
+}
+
+template <typename A, typename F>
+std::vector<double> chunked_sums_by_position(int64_t positions, int64_t width, F add_one) {
+  return chunked_sums<A>(positions, width, [&](int64_t p0, int64_t p1, A* acc) {
+    for (int64_t p = p0; p < p1; ++p) add_one(p, acc);
+  });
 }
 
 template <typename scalar_t, typename math = typename Io<scalar_t>::math>
@@ -245,12 +269,15 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   using storage = typename io::storage;
   const storage* xp = reinterpret_cast<const storage*>(x.data_ptr<scalar_t>());
   const int64_t C = s.c, M = s.positions(), H = s.h, W = s.w;
-  const std::vector<double> sums = chunked_sums<math>(
-      M, C, [&](int64_t p, math* acc) { add_values<io>(xp + p * C, acc, C); });
+  const std::vector<double> sums = chunked_sums<math>(M, C, [&](int64_t p0, int64_t p1, math* acc) {
+    add_values<io>(xp + p0 * C, p1 - p0, acc, C);
+  });
   std::vector<math> mu(C);
   for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<math>(sums[c] / M);
   const std::vector<double> squares = chunked_sums<math>(
-      M, C, [&](int64_t p, math* acc) { add_squares<io>(xp + p * C, mu.data(), acc, C); });
+      M, C, [&](int64_t p0, int64_t p1, math* acc) {
+        add_squares<io>(xp + p0 * C, p1 - p0, mu.data(), acc, C);
+      });
   std::vector<math> a(C), b(C);
   const math* wp = weight.data_ptr<math>();
   const math* bp = bias.data_ptr<math>();
@@ -299,7 +326,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& x, const at::Tens
   const math* inv = invstd.data_ptr<math>();
   const math* wp = weight.data_ptr<math>();
   // Pass 1: sum dy and dy xhat per channel over the output positions
-  const std::vector<double> total = chunked_sums<math>(
+  const std::vector<double> total = chunked_sums_by_position<math>(
       s.n * s.ho * s.wo, 2 * C, [&](int64_t q, math* acc) {
         if (!s.pool) {
           add_grad_sums<io>(gp + q * C, op + q * C, xp + q * C, mu, inv, acc, acc + C, C);
