@@ -2,12 +2,14 @@
 config (cochcnn, whole-sheet spatial loss, speech/music scenes, batch 16, 1 data worker), for the
 step as it was (exact front end, contiguous convolutions, float32) and with each change since (the
 fast front end, channels_last, bf16 autocast on the CPU, OpenMP threads that sleep instead of spin
-while they wait, cochcnn's batch norm + ReLU + max-pool as one fused op), each variant in its own
+while they wait, cochcnn's batch norm + ReLU + max-pool as one fused op, the cochleagrams computed
+in the DataLoader worker beside the synthesis), each variant in its own
 process, the variants alternating round by round so that a change of the machine's load falls on
 all of them. Per variant: the median of the per-log-interval clips/s that metrics.jsonl records,
 after --warmup steps. Then a per-phase profile of one step of the first and the last variant, on
 batches rendered beforehand (so without the scenes' synthesis, which is timed apart, per clip, on
-one thread).
+one thread). The profile runs every phase in one process, the front end included, also for a
+variant that computes it in the worker during training.
 
 Run: python bench/train_throughput.py [--steps 40] [--rounds 2] [--out DIR]
 Writes DIR/throughput.{json,md} (default bench/results/train-throughput). Compare within one run.
@@ -26,13 +28,15 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # name: (front end, channels_last, cpu_amp, OpenMP wait policy or None for the default, cochcnn's
-# batch norm + ReLU + max-pool fused into one op)
+# batch norm + ReLU + max-pool fused into one op, the cochleagrams computed in the DataLoader
+# worker with 1 thread left to the network: frontend_in_workers on/off)
 VARIANTS = {
-    "before: exact, contiguous, float32": ("exact", False, "off", None, False),
-    "fast front end, channels_last": ("fast", True, "off", None, False),
-    "fast, channels_last, bf16 autocast": ("fast", True, "on", None, False),
-    "fast, channels_last, bf16, OMP_WAIT_POLICY=PASSIVE": ("fast", True, "on", "PASSIVE", False),
-    "+ fused batch norm, ReLU, max-pool": ("fast", True, "on", "PASSIVE", True),
+    "before: exact, contiguous, float32": ("exact", False, "off", None, False, "off"),
+    "fast front end, channels_last": ("fast", True, "off", None, False, "off"),
+    "fast, channels_last, bf16 autocast": ("fast", True, "on", None, False, "off"),
+    "fast, channels_last, bf16, OMP_WAIT_POLICY=PASSIVE": ("fast", True, "on", "PASSIVE", False, "off"),
+    "+ fused batch norm, ReLU, max-pool": ("fast", True, "on", "PASSIVE", True, "off"),
+    "+ front end in the DataLoader worker": ("fast", True, "on", "PASSIVE", True, "on"),
 }
 
 
@@ -47,14 +51,15 @@ def run_variant(name: str, steps: int, warmup: int) -> dict:
     from topoaudio.training import loop, train
     from topoaudio.training.config import TrainConfig
 
-    frontend, channels_last, cpu_amp, _, fused = VARIANTS[name]
+    frontend, channels_last, cpu_amp, _, fused, in_workers = VARIANTS[name]
     loop.MEMORY_FORMAT = _memory_format(channels_last)
     ConvBlock.fused = fused
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run")
         started = time.perf_counter()
         train(TrainConfig(frontend=frontend, cpu_amp=cpu_amp, steps=steps, out=out, log_every=5,
-                          eval_every=10 ** 6, checkpoint_every=10 ** 6))
+                          eval_every=10 ** 6, checkpoint_every=10 ** 6,
+                          frontend_in_workers=in_workers))
         wall = time.perf_counter() - started
         with open(os.path.join(out, "metrics.jsonl")) as handle:
             rows = [json.loads(line) for line in handle]
@@ -75,7 +80,7 @@ def profile_variant(name: str, repeats: int = 8) -> dict:
     from topoaudio.training.objective import Objective
     from topoaudio.training.topography import TopographicLosses
 
-    frontend, channels_last, cpu_amp, _, fused = VARIANTS[name]
+    frontend, channels_last, cpu_amp, _, fused, _ = VARIANTS[name]
     ConvBlock.fused = fused
     config = TrainConfig(frontend=frontend, cpu_amp=cpu_amp)
     train_set, _ = build_datasets(config)

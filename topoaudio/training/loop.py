@@ -137,22 +137,33 @@ def resolved_frontend_in_workers(config: TrainConfig, device: torch.device) -> b
 
 
 @contextmanager
+def _threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def _frontend_placement(model: nn.Module, in_workers: bool, num_workers: int):
     """While the workers compute the cochleagrams, the model's front end passes them on and the
     main process keeps the cores the workers leave it: torch threads minus one per worker, at
     least one (2 cores, 1 worker: 1 thread; a second thread in the main process competed with the
-    worker and lost ~5 % in the measurements, bench/RESULTS.md). Both are restored afterwards."""
-    if not in_workers:
-        yield
-        return
+    worker and lost 1-4 % in the measurements, bench/RESULTS.md). Both are restored afterwards.
+    Yields the thread count from before, for the validation (computed in the main process while
+    the workers wait)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - num_workers))
+    if not in_workers:
+        yield threads
+        return
     model.frontend.precomputed = True
     try:
-        yield
+        with _threads(max(1, threads - num_workers)):
+            yield threads
     finally:
         model.frontend.precomputed = False
-        torch.set_num_threads(threads)
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -318,7 +329,7 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
     progress = tqdm(total=config.steps, initial=start_step, disable=rank != 0, desc="train",
                     unit="step", dynamic_ncols=True)
     last: dict = {}
-    with _frontend_placement(model, in_workers, config.num_workers):
+    with _frontend_placement(model, in_workers, config.num_workers) as all_threads:
         model.train()
         loader = torch.utils.data.DataLoader(
             train_set, batch_sampler=StepBatches(config, len(train_set), rank, world, start_step),
@@ -356,7 +367,9 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
                 if done % config.log_every == 0 or done == config.steps:
                     _append_json(metrics_path, last)
                 if done % config.eval_every == 0 or done == config.steps:
-                    last["val_accuracy"] = validation_accuracy(model, val_set, device, progress=True)
+                    with _threads(all_threads):  # the workers wait meanwhile
+                        last["val_accuracy"] = validation_accuracy(model, val_set, device,
+                                                                   progress=True)
                     last["chance"] = objective.chance()
                     _append_json(metrics_path, {"step": done, "val_accuracy": last["val_accuracy"],
                                                 "chance": last["chance"]})
