@@ -10,7 +10,11 @@ load falls on both. Per run: the median of the clips/s that metrics.jsonl record
 steps. This tree runs as `train.py` would (OMP_WAIT_POLICY=PASSIVE unless set); the old commit
 runs with the environment it had, where train.py did not set the policy yet.
 
+--busy K runs K competing processes (each `while True: pass`, nice 0) beside every training: the
+claim under load, not only on an idle machine.
+
 Run: python bench/baseline_commit_throughput.py [--commit d8c64ef] [--steps 70] [--rounds 2]
+     [--busy 0]
 Writes DIR/baseline.{json,md} (default bench/results/baseline-commit).
 """
 from __future__ import annotations
@@ -57,14 +61,20 @@ def build_worktree(commit: str, where: pathlib.Path) -> pathlib.Path:
     return tree
 
 
-def run_tree(tree: pathlib.Path, steps: int, warmup: int, passive: bool) -> dict:
+def run_tree(tree: pathlib.Path, steps: int, warmup: int, passive: bool, busy: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     if passive:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     else:
         env.pop("OMP_WAIT_POLICY", None)
-    done = subprocess.run([sys.executable, "-c", CHILD, str(steps), str(warmup)], cwd=tree, env=env,
-                          capture_output=True, text=True)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, str(steps), str(warmup)], cwd=tree,
+                              env=env, capture_output=True, text=True)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     if done.returncode != 0:
         raise RuntimeError(f"training in {tree} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -81,10 +91,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=70)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--busy", type=int, default=0, help="competing busy processes")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "bench/results/baseline-commit")
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if args.busy < 0:
+        parser.error(f"--busy must be >= 0, got {args.busy}")
     head = git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
     runs: dict[str, list[dict]] = {args.commit: [], head: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,14 +105,16 @@ def main() -> None:
         try:
             for round_ in range(args.rounds):
                 for name, tree, passive in ((args.commit, old, False), (head, ROOT, True)):
-                    runs[name].append(run_tree(tree, args.steps, args.warmup, passive))
+                    runs[name].append(run_tree(tree, args.steps, args.warmup, passive, args.busy))
                     print(f"round {round_}: {name}: {runs[name][-1]['median_clips_per_s']:.1f} "
                           "clips/s", flush=True)
         finally:
             git("worktree", "remove", "--force", str(old))
     rate = {name: statistics.median(r["median_clips_per_s"] for r in rs) for name, rs in runs.items()}
     load = os.getloadavg()
-    lines = [f"# Default training, clips per second: {head} against {args.commit}, one run", "",
+    beside = f", beside {args.busy} busy process(es)" if args.busy else ""
+    lines = [f"# Default training, clips per second: {head} against {args.commit}, one run{beside}",
+             "",
              "| tree | clips/s, median over rounds | each round | x the old commit |",
              "|---|---:|---|---:|"]
     lines += [f"| {name} | {rate[name]:.1f} | "
@@ -112,7 +127,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baseline.json").write_text(json.dumps(
         {"runs": runs, "commit": args.commit, "head": head, "steps": args.steps,
-         "rounds": args.rounds, "loadavg": load}, indent=1))
+         "rounds": args.rounds, "busy": args.busy, "loadavg": load}, indent=1))
     (args.out / "baseline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
