@@ -9,9 +9,11 @@ variants, so a held-out voice never shares a variant with a training voice.
 Determinism. espeak-ng keeps synthesis state in C statics that its API never resets (the pitch
 flutter index, the automatic gain, the echo buffer, the glottal phase), so the same word in the same
 voice comes out different after other words. `speak` therefore unloads the library (dlclose) and
-loads it afresh before every word and seeds espeak-ng's noise generator: each rendering is then a pure
-function of its arguments (unless another package in the process holds libespeak-ng open too: then
-dlclose cannot unload it). A reload plus synthesis costs ~3.5 ms per word on one core (measured), so
+loads it afresh before every word, seeds espeak-ng's noise generator, and seeds the C library's
+rand(), which its Klatt synthesiser draws its noise from (the variants with a `klatt` line: caleb,
+Reed, klatt..klatt6, ...; before this seed, their words changed with every rendering): each rendering
+is then a pure function of its arguments (unless another package in the process holds libespeak-ng
+open too: then dlclose cannot unload it). A reload plus synthesis costs ~3.5 ms per word on one core (measured), so
 no cache is needed. espeak-ng is not thread-safe: one process-wide lock serialises it; DataLoader
 workers are separate processes, each with its own copy of the library.
 """
@@ -126,6 +128,8 @@ _RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER
 _CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _chunks: list[np.ndarray] = []
 _library: ctypes.CDLL | None = None
+_C_LIBRARY = ctypes.CDLL(None)  # the process's C library, whose rand() espeak-ng's Klatt voices use
+_C_LIBRARY.srand.argtypes = [ctypes.c_uint]
 
 
 def _collect(wav, count, events) -> int:
@@ -199,6 +203,7 @@ def speak(word: str, voice: Voice, sr: int = 20000, pitch_shift: int = 0,
     with _LOCK:
         library = _fresh_library()
         library.espeak_ng_SetRandSeed(0)
+        _C_LIBRARY.srand(0)  # the Klatt voices' noise (klatt.c) comes from rand()
         library.espeak_SetVoiceByName(voice.name.encode())
         library.espeak_SetParameter(_RATE, int(round(np.clip(voice.rate * rate_scale, 80, 450))), 0)
         library.espeak_SetParameter(_PITCH, int(np.clip(voice.pitch + pitch_shift, 0, 99)), 0)
