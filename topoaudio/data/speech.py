@@ -13,9 +13,9 @@ loads it afresh before every word, seeds espeak-ng's noise generator, and seeds 
 rand(), which its Klatt synthesiser draws its noise from (the variants with a `klatt` line: caleb,
 Reed, klatt..klatt6, ...; before this seed, their words changed with every rendering): each rendering
 is then a pure function of its arguments (unless another package in the process holds libespeak-ng
-open too: then dlclose cannot unload it). A reload plus synthesis costs ~3.5 ms per word on one core (measured), so
-no cache is needed. espeak-ng is not thread-safe: one process-wide lock serialises it; DataLoader
-workers are separate processes, each with its own copy of the library.
+open too: then dlclose cannot unload it). A reload plus synthesis costs ~3.5 ms per word on one
+core (measured), so no cache is needed. espeak-ng is not thread-safe: one process-wide lock
+serialises it; DataLoader workers are separate processes, each with its own copy of the library.
 """
 from __future__ import annotations
 
