@@ -87,8 +87,8 @@ class BatchedFft {
   }
 
   // The same on raw buffers (input rows input_distance apart, output rows contiguous): no tensor
-  // is made per call (the
-  // fast cochleagram runs ~1,700 small transforms per batch, where creating views cost ~15 %).
+  // is made per call (the fast cochleagram runs ~1,700 small transforms per batch, where creating
+  // views cost ~15 %).
   void run(const void* input, void* output) const {
     if (handle_ == nullptr) {
       run_without_mkl(input, output);

@@ -102,7 +102,8 @@ class TrainConfig:
     # scenes' synthesis, while the main process runs the network on the cores the workers leave
     # (issue 20: 2 cores split the step between data and network); "off" in the model, as on
     # GPUs; "auto": on when training on the CPU with num_workers >= 1. The same op on the same
-    # clips either way: the cochleagrams, and so the run, are bit for bit the same.
+    # clips either way: the cochleagrams are bit for bit the same (the network's own rounding
+    # follows its thread count, which this placement sets).
     frontend_in_workers: str = "auto"
     amp: bool = True  # bf16 autocast on GPU
     # bf16 autocast on the CPU: "auto" turns it on where the CPU computes bf16 natively
@@ -289,7 +290,7 @@ HELP: dict[str, str] = {
     "checkpoint_every": "steps between checkpoints",
     "num_workers": "DataLoader worker processes (the scenes are synthesised there)",
     "frontend_in_workers": "CPU: compute the cochleagrams in the DataLoader workers (auto: when "
-                           "training on the CPU with workers; the same numbers either way)",
+                           "training on the CPU with workers; the same cochleagrams either way)",
     "amp": "bf16 autocast on GPUs",
     "cpu_amp": "bf16 autocast on the CPU (auto: where the CPU has native bf16; the run saves on/off)",
     "device": "auto: CUDA when available",

@@ -294,6 +294,7 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
     rank, world, device = _setup_device(config)
     if not resume:  # the saved config says what "auto" chose: a resumed run computes as it began
         config.cpu_amp = resolved_cpu_amp(config.cpu_amp, device)
+    in_workers = resolved_frontend_in_workers(config, device)  # refused settings: before any work
     train_set, val_set = build_datasets(config)
     objective = Objective.for_dataset(config, train_set)
     if resume:
@@ -314,7 +315,6 @@ def _run(config: TrainConfig | None, resume: bool, requested: dict, started: flo
         checkpoint.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0],
                                  ckpt_path)
         start_step = state["step"]
-    in_workers = resolved_frontend_in_workers(config, device)
     ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                      else None) if world > 1 else model)
     if rank == 0:  # written only now that the run has started, or resumed, without an error
